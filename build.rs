@@ -1,0 +1,126 @@
+//! Finds the Asterisk headers (`ASTERISK_INCLUDE_DIR`, else `/usr/include`), probes what
+//! they define, generates the FFI bindings with bindgen and compiles the C glue with cc.
+//!
+//! The glue object is handed to the linker only for the cdylib: the tests link the rlib,
+//! which must not reference Asterisk's symbols (they exist only inside a running Asterisk).
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");
+    for file in ["wrapper.h", "include/cdr_kafka.h", "src/glue.c"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    println!("cargo::rustc-check-cfg=cfg(asterisk_cdr_tenant)");
+
+    let include_dir = PathBuf::from(
+        env::var("ASTERISK_INCLUDE_DIR").unwrap_or_else(|_| "/usr/include".to_string()),
+    );
+    if !include_dir.join("asterisk/buildopts.h").is_file() {
+        eprintln!(
+            "cdr_kafka: no Asterisk headers in {} (asterisk/buildopts.h is missing): install your \
+             distribution's asterisk-dev package, or set ASTERISK_INCLUDE_DIR to a folder holding \
+             asterisk.h and asterisk/.",
+            include_dir.display()
+        );
+        process::exit(1);
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let own_include = manifest_dir.join("include");
+
+    let mut defines: Vec<&str> = Vec::new();
+    if probe(
+        &include_dir,
+        &out_dir,
+        "cdr_tenant",
+        "#include \"asterisk.h\"\n#include \"asterisk/cdr.h\"\n\
+         int probe(struct ast_cdr *cdr) { return cdr->tenantid[0] + cdr->peertenantid[0]; }\n",
+    ) {
+        println!("cargo:rustc-cfg=asterisk_cdr_tenant");
+        defines.push("CDRK_HAVE_CDR_TENANTID");
+    }
+
+    generate_bindings(&include_dir, &own_include, &out_dir);
+    compile_glue(&include_dir, &own_include, &defines);
+}
+
+/// Flags every compile against Asterisk's headers needs: its headers assume GNU C.
+fn asterisk_cflags(include_dir: &Path) -> Vec<String> {
+    vec![
+        format!("-I{}", include_dir.display()),
+        "-D_GNU_SOURCE".to_string(),
+        "-D_REENTRANT".to_string(),
+        // asterisk.h refuses an out-of-tree module that does not name its self symbol.
+        "-DAST_MODULE_SELF_SYM=__internal_cdr_kafka_self".to_string(),
+        "-DAST_MODULE=\"cdr_kafka\"".to_string(),
+    ]
+}
+
+/// Test-compiles `source` against the headers: true when they define what it uses.
+fn probe(include_dir: &Path, out_dir: &Path, name: &str, source: &str) -> bool {
+    let file = out_dir.join(format!("probe_{name}.c"));
+    std::fs::write(&file, source).expect("write probe source");
+    let compiler = cc::Build::new().get_compiler();
+    let status = compiler
+        .to_command()
+        .args(asterisk_cflags(include_dir))
+        .args(["-fsyntax-only", "-w"])
+        .arg(&file)
+        .status();
+    matches!(status, Ok(s) if s.success())
+}
+
+fn generate_bindings(include_dir: &Path, own_include: &Path, out_dir: &Path) {
+    let mut builder = bindgen::Builder::default()
+        .header("wrapper.h")
+        .clang_args(asterisk_cflags(include_dir))
+        .clang_arg(format!("-I{}", own_include.display()))
+        // utils.h uses blocks when compiled by clang.
+        .clang_arg("-fblocks")
+        .allowlist_type("cdrk_.*")
+        .allowlist_function("cdr_kafka_.*")
+        .allowlist_var("AST_MAX_.*")
+        .rustified_enum("cdrk_log_level")
+        .rustified_enum("cdrk_config_status")
+        .derive_debug(true)
+        .layout_tests(false)
+        .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
+    // bindgen 0.72 keeps `unsafe extern` off unless asked.
+    builder = builder.generate_comments(false);
+    let bindings = builder.generate().unwrap_or_else(|err| {
+        eprintln!(
+            "cdr_kafka: bindgen could not read the Asterisk headers in {}: {err}",
+            include_dir.display()
+        );
+        process::exit(1);
+    });
+    bindings
+        .write_to_file(out_dir.join("bindings.rs"))
+        .expect("write bindings.rs");
+}
+
+fn compile_glue(include_dir: &Path, own_include: &Path, defines: &[&str]) {
+    let mut build = cc::Build::new();
+    build
+        .file("src/glue.c")
+        .include(own_include)
+        .pic(true)
+        // Asterisk's own headers warn under modern compilers; their noise is not ours.
+        .warnings(false)
+        // The archive must not reach the rlib: the tests would need Asterisk's symbols.
+        .cargo_metadata(false);
+    for flag in asterisk_cflags(include_dir) {
+        build.flag(flag);
+    }
+    for define in defines {
+        build.define(define, None);
+    }
+    let objects = build.compile_intermediates();
+    for object in objects {
+        // Only the module links the glue; whole objects, so AST_MODULE_INFO's constructor stays.
+        println!("cargo:rustc-cdylib-link-arg={}", object.display());
+    }
+}

@@ -1,0 +1,735 @@
+//! cdr_kafka.conf as typed, validated settings.
+//!
+//! Asterisk's own config engine reads the files (see `asterisk::config`); this module
+//! only sees `(section, name, value, line)` entries, so every rule here is tested
+//! without Asterisk. [`OPTIONS`] is the one list of options: the sample file, the XML
+//! documentation and the README table are checked against it by a test.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::record::KeyField;
+
+pub const CONFIG_FILE: &str = "cdr_kafka.conf";
+/// res_kafka's file, read for `connection = NAME`.
+pub const KAFKA_CONFIG_FILE: &str = "kafka.conf";
+const GLOBAL: &str = "global";
+/// Options passed to librdkafka unchanged: `rdkafka.<property> = value`.
+const PASSTHROUGH_PREFIX: &str = "rdkafka.";
+/// What the status output and error messages show instead of a secret.
+pub const REDACTED: &str = "********";
+
+/// One `name = value` line as Asterisk's config engine read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub section: String,
+    pub name: String,
+    pub value: String,
+    pub line: i32,
+}
+
+/// An option of `[global]`, as documented.
+pub struct OptionDoc {
+    pub name: &'static str,
+    /// The default as written in the docs; empty when there is none.
+    pub default: &'static str,
+    /// The librdkafka property it sets, when it is a producer setting.
+    pub librdkafka: Option<&'static str>,
+    pub summary: &'static str,
+}
+
+const fn option(
+    name: &'static str,
+    default: &'static str,
+    librdkafka: Option<&'static str>,
+    summary: &'static str,
+) -> OptionDoc {
+    OptionDoc {
+        name,
+        default,
+        librdkafka,
+        summary,
+    }
+}
+
+/// librdkafka's `client.id` default is `rdkafka`; ours says who is producing.
+pub const DEFAULT_CLIENT_ID: &str = "asterisk-cdr_kafka";
+pub const DEFAULT_TOPIC: &str = "asterisk_cdr";
+pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5000;
+
+/// Every option of `[global]`, in documentation order.
+pub const OPTIONS: &[OptionDoc] = &[
+    option("connection", "", None, "Name of a `type = connection` section of kafka.conf (res_kafka's file) to take the producer settings from; options set here override it."),
+    option("brokers", "", Some("bootstrap.servers"), "Comma-separated `host:port` list of Kafka brokers. Required unless `connection` names them."),
+    option("topic", DEFAULT_TOPIC, None, "Kafka topic the CDRs are published to."),
+    option("key", "", None, "CDR field whose value is the message key: linkedid, uniqueid, channel, dstchannel, accountcode, src, dst, dcontext, tenantid, peertenantid. Empty: no key."),
+    option("loguniqueid", "no", None, "Add the `uniqueid` field to each record."),
+    option("loguserfield", "no", None, "Add the `userfield` field to each record."),
+    option("usegmtime", "no", None, "Write times in UTC (`+0000`) instead of Asterisk's local time zone."),
+    option("client_id", DEFAULT_CLIENT_ID, Some("client.id"), "Client id the broker sees."),
+    option("security_protocol", "plaintext", Some("security.protocol"), "plaintext, ssl, sasl_plaintext or sasl_ssl."),
+    option("sasl_mechanisms", "", Some("sasl.mechanisms"), "SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER."),
+    option("sasl_username", "", Some("sasl.username"), "SASL user name."),
+    option("sasl_password", "", Some("sasl.password"), "SASL password. Never logged or shown."),
+    option("ssl_ca_location", "", Some("ssl.ca.location"), "File or folder of CA certificates that sign the brokers' certificates."),
+    option("ssl_certificate_location", "", Some("ssl.certificate.location"), "Client certificate (PEM) for TLS client authentication."),
+    option("ssl_key_location", "", Some("ssl.key.location"), "Private key (PEM) of the client certificate."),
+    option("compression_codec", "none", Some("compression.codec"), "none, gzip, snappy or lz4."),
+    option("linger_ms", "5", Some("linger.ms"), "How long librdkafka waits to batch messages, in milliseconds."),
+    option("acks", "all", Some("acks"), "Broker acknowledgements required: all (or -1), 1 or 0."),
+    option("enable_idempotence", "yes", Some("enable.idempotence"), "Idempotent producer: no duplicates or reordering from librdkafka's retries."),
+    option("message_timeout_ms", "300000", Some("message.timeout.ms"), "How long librdkafka keeps trying to deliver a record, in milliseconds."),
+    option("queue_buffering_max_messages", "100000", Some("queue.buffering.max.messages"), "Most records librdkafka holds in memory; past it a CDR is refused and counted as failed."),
+    option("debug", "", Some("debug"), "librdkafka debug contexts (e.g. broker,topic,msg), logged at debug level."),
+    option("flush_timeout_ms", "5000", None, "How long unload and reload wait for records in flight to be delivered, in milliseconds."),
+    option("rdkafka.<property>", "", None, "Any other librdkafka property, passed unchanged (e.g. `rdkafka.socket.keepalive.enable = true`)."),
+];
+
+/// Settings of the producer, as librdkafka property names and values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaSettings {
+    /// Whether a property holds a secret that is never logged or shown.
+    pub fn is_secret(property: &str) -> bool {
+        property.contains("password")
+            || property.contains("secret")
+            || property.ends_with(".pem")
+            || property == "sasl.oauthbearer.config"
+    }
+
+    pub fn get(&self, property: &str) -> Option<&str> {
+        self.properties.get(property).map(String::as_str)
+    }
+
+    /// The value as it may be shown to an administrator.
+    pub fn shown(&self, property: &str) -> Option<&str> {
+        self.get(property).map(|value| {
+            if Self::is_secret(property) {
+                REDACTED
+            } else {
+                value
+            }
+        })
+    }
+}
+
+/// Everything cdr_kafka.conf says, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub topic: String,
+    pub key: Option<KeyField>,
+    pub loguniqueid: bool,
+    pub loguserfield: bool,
+    pub usegmtime: bool,
+    pub flush_timeout: Duration,
+    pub connection: Option<String>,
+    pub kafka: KafkaSettings,
+}
+
+/// Why a configuration was refused. Each message names the file, section, option and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The file does not exist in Asterisk's config folder.
+    Missing { file: String },
+    /// Asterisk's config engine could not parse the file.
+    Unparsable { file: String },
+    /// A section this module does not know.
+    UnknownSection {
+        file: String,
+        section: String,
+        line: i32,
+    },
+    /// An option this module does not know.
+    UnknownOption {
+        file: String,
+        section: String,
+        name: String,
+        line: i32,
+    },
+    /// A known option with a value it cannot take.
+    BadValue {
+        file: String,
+        section: String,
+        name: String,
+        value: String,
+        line: i32,
+        expected: String,
+    },
+    /// Neither `brokers` nor `connection` says where Kafka is.
+    NoBrokers { file: String },
+    /// `connection = NAME` names no `type = connection` section of kafka.conf.
+    UnknownConnection { name: String },
+    /// librdkafka refused the producer settings.
+    Producer { message: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { file } => write!(
+                f,
+                "{file} is missing: copy cdr_kafka.conf.sample there (make samples) and set brokers"
+            ),
+            Self::Unparsable { file } => write!(
+                f,
+                "{file} could not be parsed by Asterisk's config engine (see the error above)"
+            ),
+            Self::UnknownSection {
+                file,
+                section,
+                line,
+            } => write!(
+                f,
+                "{file} [{section}] (line {line}): unknown section (cdr_kafka.conf has only [global])"
+            ),
+            Self::UnknownOption {
+                file,
+                section,
+                name,
+                line,
+            } => write!(
+                f,
+                "{file} [{section}] {name} (line {line}): unknown option (see 'config show help cdr_kafka')"
+            ),
+            Self::BadValue {
+                file,
+                section,
+                name,
+                value,
+                line,
+                expected,
+            } => write!(
+                f,
+                "{file} [{section}] {name} = '{value}' (line {line}): {expected}"
+            ),
+            Self::NoBrokers { file } => write!(
+                f,
+                "{file} [global]: neither 'brokers' nor 'connection' is set, so there is no Kafka to publish to"
+            ),
+            Self::UnknownConnection { name } => write!(
+                f,
+                "{CONFIG_FILE} [global] connection = '{name}': {KAFKA_CONFIG_FILE} has no section [{name}] with type = connection"
+            ),
+            Self::Producer { message } => write!(
+                f,
+                "{CONFIG_FILE} [global]: librdkafka refused the producer settings: {message}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Asterisk's `ast_true`/`ast_false` words.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "yes" | "true" | "y" | "t" | "1" | "on" => Some(true),
+        "no" | "false" | "n" | "f" | "0" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// What the host Asterisk offers that validation depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct HostCapabilities {
+    /// `struct ast_cdr` has tenantid/peertenantid.
+    pub tenant_fields: bool,
+}
+
+/// Builds [`Settings`] from cdr_kafka.conf's entries; `read_kafka_conf` is called
+/// only when `connection` is set.
+pub fn parse(
+    entries: &[Entry],
+    host: HostCapabilities,
+    read_kafka_conf: &mut dyn FnMut() -> Result<Vec<Entry>, ConfigError>,
+) -> Result<Settings, ConfigError> {
+    let mut settings = Settings {
+        topic: DEFAULT_TOPIC.to_string(),
+        key: None,
+        loguniqueid: false,
+        loguserfield: false,
+        usegmtime: false,
+        flush_timeout: Duration::from_millis(DEFAULT_FLUSH_TIMEOUT_MS),
+        connection: None,
+        kafka: KafkaSettings::default(),
+    };
+    let mut producer_entries: Vec<&Entry> = Vec::new();
+    for entry in entries {
+        if entry.section != GLOBAL {
+            return Err(ConfigError::UnknownSection {
+                file: CONFIG_FILE.into(),
+                section: entry.section.clone(),
+                line: entry.line,
+            });
+        }
+        let bad = |expected: &str| bad_value(CONFIG_FILE, entry, expected);
+        let flag = || parse_bool(&entry.value).ok_or_else(|| bad("not yes or no"));
+        match entry.name.as_str() {
+            "connection" => {
+                let name = entry.value.trim();
+                settings.connection = (!name.is_empty()).then(|| name.to_string());
+            }
+            "topic" => {
+                let topic = entry.value.trim();
+                if !valid_topic(topic) {
+                    return Err(bad(
+                        "not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)",
+                    ));
+                }
+                settings.topic = topic.to_string();
+            }
+            "key" => settings.key = parse_key(entry, host)?,
+            "loguniqueid" => settings.loguniqueid = flag()?,
+            "loguserfield" => settings.loguserfield = flag()?,
+            "usegmtime" => settings.usegmtime = flag()?,
+            "flush_timeout_ms" => {
+                let ms = parse_number(entry, CONFIG_FILE, 0, 3_600_000)?;
+                settings.flush_timeout = Duration::from_millis(ms);
+            }
+            _ => producer_entries.push(entry),
+        }
+    }
+
+    if let Some(name) = &settings.connection {
+        let kafka_entries = read_kafka_conf()?;
+        let section: Vec<&Entry> = kafka_entries
+            .iter()
+            .filter(|e| &e.section == name)
+            .collect();
+        let is_connection = section
+            .iter()
+            .any(|e| e.name == "type" && e.value.trim() == "connection");
+        if !is_connection {
+            return Err(ConfigError::UnknownConnection { name: name.clone() });
+        }
+        for entry in section.into_iter().filter(|e| e.name != "type") {
+            apply_producer_option(&mut settings.kafka, KAFKA_CONFIG_FILE, entry)?;
+        }
+    }
+    // Options in cdr_kafka.conf override those of the connection.
+    for entry in producer_entries {
+        apply_producer_option(&mut settings.kafka, CONFIG_FILE, entry)?;
+    }
+
+    let properties = &mut settings.kafka.properties;
+    if properties
+        .get("bootstrap.servers")
+        .is_none_or(|brokers| brokers.trim().is_empty())
+    {
+        return Err(ConfigError::NoBrokers {
+            file: CONFIG_FILE.into(),
+        });
+    }
+    for (property, default) in [
+        ("client.id", DEFAULT_CLIENT_ID),
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+    ] {
+        properties
+            .entry(property.to_string())
+            .or_insert_with(|| default.to_string());
+    }
+    Ok(settings)
+}
+
+fn bad_value(file: &str, entry: &Entry, expected: &str) -> ConfigError {
+    let option = OPTIONS.iter().find(|o| o.name == entry.name);
+    let secret = option
+        .and_then(|o| o.librdkafka)
+        .or_else(|| entry.name.strip_prefix(PASSTHROUGH_PREFIX))
+        .is_some_and(KafkaSettings::is_secret);
+    ConfigError::BadValue {
+        file: file.into(),
+        section: entry.section.clone(),
+        name: entry.name.clone(),
+        value: if secret {
+            REDACTED.into()
+        } else {
+            entry.value.clone()
+        },
+        line: entry.line,
+        expected: expected.into(),
+    }
+}
+
+fn parse_number(entry: &Entry, file: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    entry
+        .value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            bad_value(
+                file,
+                entry,
+                &format!("not a whole number from {min} to {max}"),
+            )
+        })
+}
+
+fn parse_key(entry: &Entry, host: HostCapabilities) -> Result<Option<KeyField>, ConfigError> {
+    let name = entry.value.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let key = KeyField::from_name(name).ok_or_else(|| {
+        bad_value(
+            CONFIG_FILE,
+            entry,
+            &format!(
+                "not a CDR field (use {}, or leave empty for no key)",
+                KeyField::NAMES.join(", ")
+            ),
+        )
+    })?;
+    if key.needs_tenant_fields() && !host.tenant_fields {
+        return Err(bad_value(
+            CONFIG_FILE,
+            entry,
+            "this Asterisk's CDRs have no tenant fields (they came with 18.25, 20.10, 21.5 and 22.0)",
+        ));
+    }
+    Ok(Some(key))
+}
+
+fn valid_topic(topic: &str) -> bool {
+    (1..=249).contains(&topic.len())
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Sets one producer option (named as in cdr_kafka.conf) as its librdkafka property.
+fn apply_producer_option(
+    kafka: &mut KafkaSettings,
+    file: &str,
+    entry: &Entry,
+) -> Result<(), ConfigError> {
+    let value = entry.value.trim();
+    let bad = |expected: &str| bad_value(file, entry, expected);
+    let one_of = |choices: &[&str]| -> Result<String, ConfigError> {
+        let lower = value.to_ascii_lowercase();
+        choices
+            .iter()
+            .find(|choice| choice.to_ascii_lowercase() == lower)
+            .map(|choice| choice.to_string())
+            .ok_or_else(|| bad(&format!("not one of {}", choices.join(", "))))
+    };
+    if let Some(property) = entry.name.strip_prefix(PASSTHROUGH_PREFIX) {
+        if property.is_empty() {
+            return Err(bad("names no librdkafka property after 'rdkafka.'"));
+        }
+        kafka
+            .properties
+            .insert(property.to_string(), value.to_string());
+        return Ok(());
+    }
+    let Some(property) = OPTIONS
+        .iter()
+        .find(|o| o.name == entry.name)
+        .and_then(|o| o.librdkafka)
+    else {
+        return Err(ConfigError::UnknownOption {
+            file: file.into(),
+            section: entry.section.clone(),
+            name: entry.name.clone(),
+            line: entry.line,
+        });
+    };
+    let value = match entry.name.as_str() {
+        "security_protocol" => one_of(&["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])?,
+        "sasl_mechanisms" => one_of(&[
+            "GSSAPI",
+            "PLAIN",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-512",
+            "OAUTHBEARER",
+        ])?,
+        "compression_codec" => one_of(&["none", "gzip", "snappy", "lz4"])?,
+        "acks" => match value.to_ascii_lowercase().as_str() {
+            "all" | "-1" => "all".to_string(),
+            "0" | "1" => value.to_string(),
+            _ => return Err(bad("not all, -1, 0 or 1")),
+        },
+        "enable_idempotence" => parse_bool(value)
+            .ok_or_else(|| bad("not yes or no"))?
+            .to_string(),
+        "linger_ms" => parse_number(entry, file, 0, 900_000)?.to_string(),
+        "message_timeout_ms" => parse_number(entry, file, 0, 2_147_483_647)?.to_string(),
+        "queue_buffering_max_messages" => parse_number(entry, file, 1, 2_147_483_647)?.to_string(),
+        "brokers" if value.is_empty() => return Err(bad("empty: give host:port[,host:port...]")),
+        _ => value.to_string(),
+    };
+    kafka.properties.insert(property.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TENANT: HostCapabilities = HostCapabilities {
+        tenant_fields: true,
+    };
+
+    fn entries(section: &str, lines: &[(&str, &str)]) -> Vec<Entry> {
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, (name, value))| Entry {
+                section: section.into(),
+                name: (*name).into(),
+                value: (*value).into(),
+                line: i as i32 + 2,
+            })
+            .collect()
+    }
+
+    fn no_kafka_conf() -> Result<Vec<Entry>, ConfigError> {
+        panic!("kafka.conf must not be read without connection")
+    }
+
+    fn parse_global(lines: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        parse(&entries("global", lines), TENANT, &mut no_kafka_conf)
+    }
+
+    fn error_text(lines: &[(&str, &str)]) -> String {
+        parse_global(lines).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_follow_the_documentation() {
+        let settings = parse_global(&[("brokers", "127.0.0.1:9092")]).unwrap();
+        assert_eq!(settings.topic, "asterisk_cdr");
+        assert_eq!(settings.key, None);
+        assert!(!settings.loguniqueid && !settings.loguserfield && !settings.usegmtime);
+        assert_eq!(settings.flush_timeout, Duration::from_millis(5000));
+        let kafka = &settings.kafka;
+        assert_eq!(kafka.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        assert_eq!(kafka.get("acks"), Some("all"));
+        assert_eq!(kafka.get("enable.idempotence"), Some("true"));
+        assert_eq!(kafka.get("client.id"), Some(DEFAULT_CLIENT_ID));
+        for option in OPTIONS {
+            if option.name == "topic" {
+                assert_eq!(option.default, settings.topic);
+            }
+        }
+    }
+
+    #[test]
+    fn every_producer_option_maps_to_its_librdkafka_property() {
+        let settings = parse_global(&[
+            ("brokers", "k1:9092,k2:9092"),
+            ("client_id", "pbx"),
+            ("security_protocol", "SASL_SSL"),
+            ("sasl_mechanisms", "scram-sha-512"),
+            ("sasl_username", "user"),
+            ("sasl_password", "s3cret"),
+            ("ssl_ca_location", "/etc/ssl/ca.pem"),
+            ("ssl_certificate_location", "/etc/ssl/c.pem"),
+            ("ssl_key_location", "/etc/ssl/k.pem"),
+            ("compression_codec", "lz4"),
+            ("linger_ms", "10"),
+            ("acks", "-1"),
+            ("enable_idempotence", "no"),
+            ("message_timeout_ms", "60000"),
+            ("queue_buffering_max_messages", "5000"),
+            ("debug", "broker,msg"),
+            ("rdkafka.socket.keepalive.enable", "true"),
+        ])
+        .unwrap();
+        let kafka = &settings.kafka;
+        let expect = [
+            ("bootstrap.servers", "k1:9092,k2:9092"),
+            ("client.id", "pbx"),
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "user"),
+            ("sasl.password", "s3cret"),
+            ("ssl.ca.location", "/etc/ssl/ca.pem"),
+            ("ssl.certificate.location", "/etc/ssl/c.pem"),
+            ("ssl.key.location", "/etc/ssl/k.pem"),
+            ("compression.codec", "lz4"),
+            ("linger.ms", "10"),
+            ("acks", "all"),
+            ("enable.idempotence", "false"),
+            ("message.timeout.ms", "60000"),
+            ("queue.buffering.max.messages", "5000"),
+            ("debug", "broker,msg"),
+            ("socket.keepalive.enable", "true"),
+        ];
+        for (property, value) in expect {
+            assert_eq!(kafka.get(property), Some(value), "{property}");
+        }
+        assert_eq!(kafka.properties.len(), expect.len());
+        assert_eq!(kafka.shown("sasl.password"), Some(REDACTED));
+    }
+
+    #[test]
+    fn key_caller_is_refused_with_the_list_of_fields() {
+        assert_eq!(
+            error_text(&[("brokers", "k:9092"), ("key", "caller")]),
+            "cdr_kafka.conf [global] key = 'caller' (line 3): not a CDR field (use linkedid, uniqueid, \
+             channel, dstchannel, accountcode, src, dst, dcontext, tenantid, peertenantid, or leave \
+             empty for no key)"
+        );
+    }
+
+    #[test]
+    fn acks_maybe_is_refused() {
+        assert_eq!(
+            error_text(&[("brokers", "k:9092"), ("acks", "maybe")]),
+            "cdr_kafka.conf [global] acks = 'maybe' (line 3): not all, -1, 0 or 1"
+        );
+    }
+
+    #[test]
+    fn each_bad_value_names_option_and_value() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("loguniqueid", "perhaps", "not yes or no"),
+            ("usegmtime", "2", "not yes or no"),
+            ("enable_idempotence", "sometimes", "not yes or no"),
+            ("linger_ms", "-5", "not a whole number from 0 to 900000"),
+            ("message_timeout_ms", "soon", "not a whole number"),
+            ("queue_buffering_max_messages", "0", "from 1 to"),
+            ("flush_timeout_ms", "forever", "not a whole number"),
+            ("security_protocol", "tls", "not one of plaintext, ssl"),
+            ("sasl_mechanisms", "KERBEROS", "not one of GSSAPI"),
+            ("compression_codec", "brotli", "not one of none, gzip"),
+            ("topic", "cdr topic", "not a Kafka topic name"),
+            ("brokers", "", "empty"),
+        ];
+        for (name, value, expected) in cases {
+            let text = error_text(&[("brokers", "k:9092"), (name, value)]);
+            let prefix = format!("cdr_kafka.conf [global] {name} = '{value}' (line 3): ");
+            assert!(text.starts_with(&prefix), "{text}");
+            assert!(text.contains(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_option_and_section_are_refused() {
+        assert_eq!(
+            error_text(&[("brokers", "k:9092"), ("brokr", "k:9092")]),
+            "cdr_kafka.conf [global] brokr (line 3): unknown option (see 'config show help cdr_kafka')"
+        );
+        let mut lines = entries("global", &[("brokers", "k:9092")]);
+        lines.extend(entries("misc", &[("topic", "x")]));
+        let error = parse(&lines, TENANT, &mut no_kafka_conf).unwrap_err();
+        assert!(
+            matches!(error, ConfigError::UnknownSection { ref section, .. } if section == "misc")
+        );
+    }
+
+    #[test]
+    fn no_brokers_and_no_connection_is_refused() {
+        assert_eq!(
+            error_text(&[("topic", "cdr")]),
+            "cdr_kafka.conf [global]: neither 'brokers' nor 'connection' is set, so there is no Kafka to publish to"
+        );
+    }
+
+    #[test]
+    fn tenant_key_on_asterisk_without_tenant_fields_is_refused() {
+        let old = HostCapabilities {
+            tenant_fields: false,
+        };
+        let error = parse(
+            &entries("global", &[("brokers", "k:9092"), ("key", "tenantid")]),
+            old,
+            &mut no_kafka_conf,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("no tenant fields"), "{error}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let text = error_text(&[("brokers", "k:9092"), ("rdkafka.", "x")]);
+        assert!(text.contains("names no librdkafka property"));
+        let settings = parse_global(&[
+            ("brokers", "k:9092"),
+            ("rdkafka.ssl.key.password", "hunter2"),
+        ])
+        .unwrap();
+        assert_eq!(settings.kafka.shown("ssl.key.password"), Some(REDACTED));
+    }
+
+    #[test]
+    fn connection_reads_kafka_conf_and_local_options_override() {
+        let mut kafka_conf = entries(
+            "my-kafka",
+            &[
+                ("type", "connection"),
+                ("brokers", "far:9092"),
+                ("client_id", "from-kafka-conf"),
+                ("sasl_username", "u"),
+            ],
+        );
+        kafka_conf.extend(entries(
+            "other",
+            &[("type", "connection"), ("brokers", "x:1")],
+        ));
+        let mut read = || Ok(kafka_conf.clone());
+        let settings = parse(
+            &entries(
+                "global",
+                &[("connection", "my-kafka"), ("client_id", "local")],
+            ),
+            TENANT,
+            &mut read,
+        )
+        .unwrap();
+        assert_eq!(settings.connection.as_deref(), Some("my-kafka"));
+        assert_eq!(settings.kafka.get("bootstrap.servers"), Some("far:9092"));
+        assert_eq!(settings.kafka.get("client.id"), Some("local"));
+        assert_eq!(settings.kafka.get("sasl.username"), Some("u"));
+    }
+
+    #[test]
+    fn unknown_connection_is_refused() {
+        let mut read = || Ok(entries("my-kafka", &[("brokers", "far:9092")]));
+        let error = parse(
+            &entries("global", &[("connection", "my-kafka")]),
+            TENANT,
+            &mut read,
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cdr_kafka.conf [global] connection = 'my-kafka': kafka.conf has no section [my-kafka] with type = connection"
+        );
+    }
+
+    #[test]
+    fn bad_value_in_kafka_conf_names_kafka_conf() {
+        let mut read = || {
+            Ok(entries(
+                "k",
+                &[
+                    ("type", "connection"),
+                    ("brokers", "b:1"),
+                    ("acks", "maybe"),
+                ],
+            ))
+        };
+        let error = parse(
+            &entries("global", &[("connection", "k")]),
+            TENANT,
+            &mut read,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("kafka.conf [k] acks = 'maybe'"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,269 @@
+/*
+ * The C half of cdr_kafka: only what must be C because Asterisk offers it as macros
+ * (module registration, CLI entries, logging with file/line, list walks) or because
+ * it depends on struct layouts of the Asterisk being built for.
+ *
+ * Threads: Asterisk calls load/reload/unload on whatever thread asked (its main
+ * thread at startup, a CLI thread later). Rust code that starts threads registers
+ * thread-local destructors on the calling thread, and a destructor registered on a
+ * thread that outlives the module keeps the .so mapped after dlclose. So every call
+ * into Rust that may start or stop threads runs on a short-lived thread of its own,
+ * joined before we return.
+ */
+/* AST_MODULE and AST_MODULE_SELF_SYM come from build.rs, as for every compile against asterisk.h. */
+#include "asterisk.h"
+
+#include <pthread.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "asterisk/cdr.h"
+#include "asterisk/channel.h"
+#include "asterisk/chanvars.h"
+#include "asterisk/cli.h"
+#include "asterisk/config.h"
+#include "asterisk/localtime.h"
+#include "asterisk/logger.h"
+#include "asterisk/module.h"
+#include "asterisk/paths.h"
+#include "asterisk/utils.h"
+#include "asterisk/ast_version.h"
+
+#include "cdr_kafka.h"
+
+#define BACKEND_NAME "kafka"
+
+static const int asterisk_log_levels[] = {
+	[CDRK_LOG_DEBUG] = __LOG_DEBUG,
+	[CDRK_LOG_NOTICE] = __LOG_NOTICE,
+	[CDRK_LOG_WARNING] = __LOG_WARNING,
+	[CDRK_LOG_ERROR] = __LOG_ERROR,
+	[CDRK_LOG_VERBOSE] = __LOG_VERBOSE,
+};
+
+static void host_log(enum cdrk_log_level level, const char *file, int line, const char *function,
+	const char *message)
+{
+	int asterisk_level = __LOG_ERROR;
+
+	if ((unsigned int) level < ARRAY_LEN(asterisk_log_levels)) {
+		asterisk_level = asterisk_log_levels[level];
+	}
+	/* The message is our text, never a format string. */
+	ast_log(asterisk_level, file, line, function, "%s\n", message);
+}
+
+static enum cdrk_config_status host_config_walk(const char *filename, void *context,
+	cdrk_config_entry_fn entry)
+{
+	struct ast_flags flags = { 0 };
+	struct ast_config *cfg = ast_config_load2(filename, AST_MODULE, flags);
+	struct ast_category *category = NULL;
+
+	if (cfg == CONFIG_STATUS_FILEMISSING) {
+		return CDRK_CONFIG_MISSING;
+	}
+	if (cfg == CONFIG_STATUS_FILEINVALID || cfg == CONFIG_STATUS_FILEUNCHANGED) {
+		return CDRK_CONFIG_INVALID;
+	}
+	while ((category = ast_category_browse_filtered(cfg, NULL, category, NULL))) {
+		const char *category_name = ast_category_get_name(category);
+		struct ast_variable *var;
+
+		for (var = ast_category_first(category); var; var = var->next) {
+			if (entry(context, category_name, var->name, var->value, var->lineno)) {
+				ast_config_destroy(cfg);
+				return CDRK_CONFIG_OK;
+			}
+		}
+	}
+	ast_config_destroy(cfg);
+	return CDRK_CONFIG_OK;
+}
+
+static const void *host_variable_next(const void *cursor, const char **name, const char **value)
+{
+	const struct ast_var_t *var = cursor;
+
+	*name = ast_var_name((struct ast_var_t *) var);
+	*value = ast_var_value((struct ast_var_t *) var);
+	return AST_LIST_NEXT(var, entries);
+}
+
+static char entity_id[20];
+static char hostname[256];
+static struct cdrk_host host = {
+	.log = host_log,
+	.config_walk = host_config_walk,
+	.variable_next = host_variable_next,
+	.entity_id = entity_id,
+	.hostname = hostname,
+#ifdef CDRK_HAVE_CDR_TENANTID
+	.has_tenant_fields = 1,
+#endif
+};
+
+static void fill_time(struct cdrk_time *out, const struct timeval *tv)
+{
+	struct ast_tm tm;
+
+	out->sec = tv->tv_sec;
+	out->usec = tv->tv_usec;
+	out->gmtoff = 0;
+	/* The same local-time conversion ast_json_timeval uses. */
+	if (!ast_tvzero(*tv) && ast_localtime(tv, &tm, NULL)) {
+		out->gmtoff = (int32_t) tm.tm_gmtoff;
+	}
+}
+
+static int cdr_log(struct ast_cdr *cdr)
+{
+	struct cdrk_cdr view = {
+		.clid = cdr->clid,
+		.src = cdr->src,
+		.dst = cdr->dst,
+		.dcontext = cdr->dcontext,
+		.channel = cdr->channel,
+		.dstchannel = cdr->dstchannel,
+		.lastapp = cdr->lastapp,
+		.lastdata = cdr->lastdata,
+		.duration = cdr->duration,
+		.billsec = cdr->billsec,
+		.disposition = ast_cdr_disp2str(cdr->disposition),
+		.amaflags = ast_channel_amaflags2string(cdr->amaflags),
+		.accountcode = cdr->accountcode,
+		.peeraccount = cdr->peeraccount,
+		.uniqueid = cdr->uniqueid,
+		.linkedid = cdr->linkedid,
+#ifdef CDRK_HAVE_CDR_TENANTID
+		.tenantid = cdr->tenantid,
+		.peertenantid = cdr->peertenantid,
+#endif
+		.userfield = cdr->userfield,
+		.sequence = cdr->sequence,
+		.variables = AST_LIST_FIRST(&cdr->varshead),
+	};
+
+	fill_time(&view.start, &cdr->start);
+	fill_time(&view.answer, &cdr->answer);
+	fill_time(&view.end, &cdr->end);
+	return cdr_kafka_log_cdr(&view);
+}
+
+static char *cli_show_status(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	char *text;
+
+	switch (cmd) {
+	case CLI_INIT:
+		e->command = "cdr kafka show status";
+		e->usage =
+			"Usage: cdr kafka show status\n"
+			"       Shows the Kafka CDR backend's brokers, topic, producer state and counters.\n";
+		return NULL;
+	case CLI_GENERATE:
+		return NULL;
+	}
+	if (a->argc != 4) {
+		return CLI_SHOWUSAGE;
+	}
+	text = cdr_kafka_status_text();
+	if (text) {
+		ast_cli(a->fd, "%s", text);
+		cdr_kafka_free_text(text);
+	}
+	return CLI_SUCCESS;
+}
+
+static struct ast_cli_entry cli_entries[] = {
+	AST_CLI_DEFINE(cli_show_status, "Show the Kafka CDR backend's status"),
+};
+
+struct rust_call {
+	int (*function)(void);
+	const struct cdrk_host *host;
+	int (*load)(const struct cdrk_host *host);
+	int result;
+};
+
+static void *rust_call_thread(void *data)
+{
+	struct rust_call *call = data;
+
+	call->result = call->load ? call->load(call->host) : call->function();
+	return NULL;
+}
+
+/* Runs a Rust entry point on a thread that ends before we return (see the top of this file). */
+static int run_on_short_thread(struct rust_call *call)
+{
+	pthread_t thread;
+
+	if (pthread_create(&thread, NULL, rust_call_thread, call)) {
+		ast_log(LOG_ERROR, "cdr_kafka: cannot start a thread to run the module's setup\n");
+		return -1;
+	}
+	pthread_join(thread, NULL);
+	return call->result;
+}
+
+static int load_module(void)
+{
+	struct rust_call call = { .load = cdr_kafka_load, .host = &host };
+
+	ast_eid_to_str(entity_id, sizeof(entity_id), &ast_eid_default);
+	host.system_name = ast_config_AST_SYSTEM_NAME ? ast_config_AST_SYSTEM_NAME : "";
+	host.asterisk_version = ast_get_version();
+	if (gethostname(hostname, sizeof(hostname) - 1)) {
+		hostname[0] = '\0';
+	}
+	host.config_dir = ast_config_AST_CONFIG_DIR;
+	host.spool_dir = ast_config_AST_SPOOL_DIR;
+
+	if (run_on_short_thread(&call)) {
+		return AST_MODULE_LOAD_DECLINE;
+	}
+	if (ast_cdr_register(BACKEND_NAME, "Kafka CDR backend", cdr_log)) {
+		struct rust_call stop = { .function = cdr_kafka_unload };
+
+		ast_log(LOG_ERROR, "cdr_kafka: Asterisk refused to register the CDR backend '%s'\n",
+			BACKEND_NAME);
+		run_on_short_thread(&stop);
+		return AST_MODULE_LOAD_DECLINE;
+	}
+	ast_cli_register_multiple(cli_entries, ARRAY_LEN(cli_entries));
+	return AST_MODULE_LOAD_SUCCESS;
+}
+
+static int unload_module(void)
+{
+	struct rust_call stop = { .function = cdr_kafka_unload };
+
+	/* A suspended backend may be unregistered while CDRs are still active. */
+	ast_cdr_backend_suspend(BACKEND_NAME);
+	if (ast_cdr_unregister(BACKEND_NAME)) {
+		ast_cdr_backend_unsuspend(BACKEND_NAME);
+		ast_log(LOG_WARNING, "cdr_kafka: Asterisk refused to unregister the CDR backend; still running\n");
+		return -1;
+	}
+	ast_cli_unregister_multiple(cli_entries, ARRAY_LEN(cli_entries));
+	/* No CDR callback runs after unregister returned: now the producer may go. */
+	run_on_short_thread(&stop);
+	return 0;
+}
+
+static int reload_module(void)
+{
+	struct rust_call call = { .function = cdr_kafka_reload };
+
+	return run_on_short_thread(&call) ? AST_MODULE_LOAD_DECLINE : AST_MODULE_LOAD_SUCCESS;
+}
+
+AST_MODULE_INFO(ASTERISK_GPL_KEY, AST_MODFLAG_LOAD_ORDER, "Kafka CDR Backend",
+	.support_level = AST_MODULE_SUPPORT_EXTENDED,
+	.load = load_module,
+	.unload = unload_module,
+	.reload = reload_module,
+	.load_pri = AST_MODPRI_CDR_DRIVER,
+	.requires = "cdr",
+);
