@@ -83,6 +83,28 @@ impl Running {
         }
     }
 
+    /// Starts a producer for `settings`: what load does once the files are read.
+    pub fn start(settings: Settings, identity: Identity) -> Result<Self, ConfigError> {
+        let stats = Arc::new(Stats::default());
+        let publisher = Arc::new(Publisher::start(&settings.kafka, Arc::clone(&stats))?);
+        Ok(Self::new(settings, identity, publisher, stats))
+    }
+
+    /// Records handed over and not yet delivered or failed.
+    pub fn in_flight(&self) -> u64 {
+        self.publisher.in_flight()
+    }
+
+    /// Flushes (up to `flush_timeout_ms`) and stops the producer; returns how many
+    /// records were still undelivered.
+    pub fn shutdown(self) -> u64 {
+        let flush_timeout = self.settings.flush_timeout;
+        match Arc::try_unwrap(self.publisher) {
+            Ok(publisher) => publisher.shutdown(flush_timeout),
+            Err(_) => 0,
+        }
+    }
+
     /// Encodes one CDR and hands it to the producer.
     pub fn publish(&self, cdr: &Cdr<'_>) -> Result<(), SendError> {
         Stats::add(&self.stats.received);
@@ -158,15 +180,13 @@ impl Running {
 pub fn load() -> Result<(), ConfigError> {
     let identity = Identity::from_host();
     let settings = read_settings(&identity)?;
-    let stats = Arc::new(Stats::default());
-    let publisher = Arc::new(Publisher::start(&settings.kafka, Arc::clone(&stats))?);
+    let running = Running::start(settings, identity)?;
     ast_log!(
         Notice,
         "publishing CDRs to Kafka topic '{}' at {}",
-        settings.topic,
-        settings.kafka.get("bootstrap.servers").unwrap_or_default()
+        running.settings.topic,
+        running.settings.kafka.get("bootstrap.servers").unwrap_or_default()
     );
-    let running = Running::new(settings, identity, publisher, stats);
     if let Some(old) = replace(Some(Arc::new(running))) {
         retire(old);
     }
@@ -212,12 +232,8 @@ pub fn unload() {
 /// CDR callback holds it, then flushes its producer unless the new one shares it.
 fn retire(old: Arc<Running>) {
     let flush_timeout = old.settings.flush_timeout;
-    let old = wait_until_unshared(old);
-    let Running { publisher, .. } = old;
-    let Ok(publisher) = Arc::try_unwrap(publisher) else {
-        return; // still serving the new configuration
-    };
-    let undelivered = publisher.shutdown(flush_timeout);
+    // A producer still shared with the new configuration is left running by shutdown.
+    let undelivered = wait_until_unshared(old).shutdown();
     if undelivered > 0 {
         ast_log!(
             Error,
