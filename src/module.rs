@@ -185,7 +185,11 @@ pub fn load() -> Result<(), ConfigError> {
         Notice,
         "publishing CDRs to Kafka topic '{}' at {}",
         running.settings.topic,
-        running.settings.kafka.get("bootstrap.servers").unwrap_or_default()
+        running
+            .settings
+            .kafka
+            .get("bootstrap.servers")
+            .unwrap_or_default()
     );
     if let Some(old) = replace(Some(Arc::new(running))) {
         retire(old);

@@ -35,8 +35,8 @@ fn time(time: &sys::cdrk_time) -> CdrTime {
 /// `raw` and every pointer in it must stay valid for `'a`: true inside the CDR callback,
 /// where Asterisk owns the CDR until the callback returns.
 pub unsafe fn view<'a>(raw: &'a sys::cdrk_cdr) -> Cdr<'a> {
-    // SAFETY (for every `bytes` below): the glue points them at the char arrays of the
-    // `struct ast_cdr` being logged or at Asterisk's static strings (disp2str, amaflags).
+    // SAFETY: the glue points every field at the char arrays of the `struct ast_cdr` being
+    // logged or at Asterisk's static strings (disp2str, amaflags), alive for 'a.
     unsafe {
         let tenant = |pointer: *const c_char| (!pointer.is_null()).then(|| bytes(pointer));
         Cdr {

@@ -1,0 +1,67 @@
+# cdr_kafka: build, install and test the Asterisk Kafka CDR backend.
+#
+#   make                 build cdr_kafka.so against the installed Asterisk headers
+#   make install         copy it (and its XML docs) into the installed Asterisk
+#   make samples         install cdr_kafka.conf.sample as cdr_kafka.conf (old one kept as .old)
+#   make demo            broker + Asterisk 22 + the module in a throwaway Debian root; places calls, prints records
+#   make test            every test, including real Asterisk 22 and a real broker
+
+CARGO ?= cargo
+DESTDIR ?=
+ASTERISK_INCLUDE_DIR ?= /usr/include
+ASTETCDIR ?= /etc/asterisk
+# Where the installed Asterisk loads modules and third-party docs from (asterisk.conf says).
+ASTMODDIR ?= $(or $(shell sed -n 's/^[[:space:]]*astmoddir[[:space:]]*=>*[[:space:]]*//p' $(ASTETCDIR)/asterisk.conf 2>/dev/null),\
+	$(wildcard /usr/lib/$(shell gcc -dumpmachine 2>/dev/null)/asterisk/modules),/usr/lib/asterisk/modules)
+ASTDATADIR ?= $(or $(shell sed -n 's/^[[:space:]]*astdatadir[[:space:]]*=>*[[:space:]]*//p' $(ASTETCDIR)/asterisk.conf 2>/dev/null),/var/lib/asterisk)
+
+# The sandbox of the tests and the demo: a Debian unstable root with Asterisk 22.
+SANDBOX ?= $(HOME)/.cache/cdr_kafka
+SANDBOX_ROOT ?= $(SANDBOX)/sid-root
+SANDBOX_INCLUDE ?= $(SANDBOX)/asterisk-include
+TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
+TEST_ENV = CDR_KAFKA_ROOT=$(SANDBOX_ROOT) CDR_KAFKA_MODULE=$(CURDIR)/target/release/libcdr_kafka.so \
+	CDR_KAFKA_TANSU=$(TANSU) ASTERISK_INCLUDE_DIR=$(SANDBOX_INCLUDE)
+
+.PHONY: all install samples sandbox test demo check clean
+
+all: cdr_kafka.so
+
+cdr_kafka.so: FORCE
+	ASTERISK_INCLUDE_DIR=$(ASTERISK_INCLUDE_DIR) $(CARGO) build --release
+	cp target/release/libcdr_kafka.so $@
+
+FORCE:
+
+install: cdr_kafka.so
+	install -d $(DESTDIR)$(ASTMODDIR) $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty
+	# A new file, never an overwrite: the running Asterisk may have the old one mapped.
+	rm -f $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so
+	install -m 0755 cdr_kafka.so $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so
+	install -m 0644 documentation/cdr_kafka_config-en_US.xml $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty/
+
+samples:
+	install -d $(DESTDIR)$(ASTETCDIR)
+	if [ -f $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf ]; then \
+		mv -f $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf.old; fi
+	install -m 0640 cdr_kafka.conf.sample $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf
+
+sandbox:
+	tests/sandbox/make-root.sh $(SANDBOX_ROOT) $(SANDBOX_INCLUDE)
+	@test -x $(TANSU) || { echo "tansu is missing: cargo install tansu --features libsql,dynostore"; exit 1; }
+
+test: sandbox
+	$(TEST_ENV) $(CARGO) build --release
+	$(TEST_ENV) $(CARGO) test --release -- --test-threads=1
+
+demo: sandbox
+	$(TEST_ENV) $(CARGO) build --release --examples
+	$(TEST_ENV) $(CARGO) run --release --example demo
+
+check:
+	$(CARGO) fmt --all -- --check
+	ASTERISK_INCLUDE_DIR=$(ASTERISK_INCLUDE_DIR) $(CARGO) clippy --release --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -f cdr_kafka.so

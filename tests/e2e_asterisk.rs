@@ -1,0 +1,384 @@
+//! End to end with real parts: Asterisk 22 from Debian unstable (in the root `make
+//! sandbox` builds) loads the module, calls are placed with `channel originate`, and the
+//! records are read back from a tansu broker with the root's kcat.
+//!
+//! One Asterisk runs at a time (they share the root), so the tests take a lock.
+
+mod support;
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use support::{cdr_kafka_conf, Asterisk, Message, Root, Tansu};
+
+static ONE_ASTERISK: Mutex<()> = Mutex::new(());
+const TZ_MINUS_THREE: &str = "America/Sao_Paulo";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    ONE_ASTERISK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmm-0300`
+fn assert_local_time(value: &Value, field: &str) {
+    let text = value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} is not a string: {value}"));
+    let bytes = text.as_bytes();
+    let shape_ok = text.len() == 28
+        && text.ends_with("-0300")
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes[10] == b'T'
+        && bytes[13] == b':'
+        && bytes[16] == b':'
+        && bytes[19] == b'.'
+        && text[..23]
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| matches!(i, 4 | 7 | 10 | 13 | 16 | 19) || b.is_ascii_digit());
+    assert!(
+        shape_ok,
+        "{field} = {text} is not YYYY-MM-DDTHH:MM:SS.mmm-0300"
+    );
+}
+
+const CONTRACT_ORDER: [&str; 23] = [
+    "clid",
+    "src",
+    "dst",
+    "dcontext",
+    "channel",
+    "dstchannel",
+    "lastapp",
+    "lastdata",
+    "start",
+    "answer",
+    "end",
+    "durationsec",
+    "billsec",
+    "disposition",
+    "accountcode",
+    "amaflags",
+    "peeraccount",
+    "linkedid",
+    "sequence",
+    "tenantid",
+    "peertenantid",
+    "EntityID",
+    "SystemName",
+];
+
+/// Checks what every record must satisfy, whatever the call.
+fn assert_contract_shape(message: &Message, started: u64) {
+    let text = &message.payload;
+    assert!(!text.contains('\n'), "record is not compact: {text}");
+    let json = message.json();
+    let object = json.as_object().expect("a JSON object");
+    let mut last = 0;
+    for field in CONTRACT_ORDER {
+        let at = text
+            .find(&format!("\"{field}\":"))
+            .unwrap_or_else(|| panic!("{field} missing in {text}"));
+        assert!(at >= last, "{field} out of contract order in {text}");
+        last = at;
+    }
+    for field in [
+        "clid",
+        "src",
+        "dst",
+        "dcontext",
+        "channel",
+        "dstchannel",
+        "lastapp",
+        "lastdata",
+        "disposition",
+        "accountcode",
+        "amaflags",
+        "peeraccount",
+        "linkedid",
+        "tenantid",
+        "peertenantid",
+    ] {
+        assert!(object[field].is_string(), "{field} not a string in {text}");
+    }
+    for field in ["durationsec", "billsec", "sequence"] {
+        assert!(object[field].is_i64(), "{field} not an integer in {text}");
+    }
+    assert_local_time(&json, "start");
+    assert_local_time(&json, "end");
+    if !json["answer"].is_null() {
+        assert_local_time(&json, "answer");
+    }
+    assert_eq!(json["EntityID"], "00:11:22:33:44:55");
+    assert_eq!(json["SystemName"], "pbx-test");
+    assert_eq!(
+        message.key.as_deref(),
+        json["linkedid"].as_str(),
+        "key is the linkedid"
+    );
+    assert_eq!(message.header("entity_id"), Some("00:11:22:33:44:55"));
+    assert_eq!(message.header("system_name"), Some("pbx-test"));
+    let version = message
+        .header("asterisk_version")
+        .expect("asterisk_version header");
+    assert!(version.starts_with("22."), "asterisk_version = {version}");
+    let timestamp: u64 = message
+        .header("timestamp")
+        .and_then(|t| t.parse().ok())
+        .expect("timestamp header in Unix seconds");
+    assert!(
+        timestamp >= started && timestamp <= now_secs(),
+        "timestamp {timestamp}"
+    );
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(message.header("hostname"), Some(hostname.trim()));
+    assert_eq!(message.headers.len(), 5, "headers: {:?}", message.headers);
+}
+
+/// The record of the caller's half of a call placed into `exten@cdrk`.
+fn caller_record<'m>(messages: &'m [Message], exten: &str) -> &'m Message {
+    let matching: Vec<&Message> = messages
+        .iter()
+        .filter(|m| {
+            let json = m.json();
+            json["dst"] == exten && json["lastapp"] == "Dial" && json["dcontext"] == "cdrk"
+        })
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "one Dial record for {exten} in {messages:#?}"
+    );
+    matching[0]
+}
+
+fn start_with_module<'r>(root: &'r Root, conf: &str) -> Asterisk<'r> {
+    let asterisk = Asterisk::start(root, conf, TZ_MINUS_THREE);
+    let out = asterisk.rx("module load cdr_kafka.so");
+    assert!(
+        out.contains("Loaded cdr_kafka.so"),
+        "module load said: {out}\n{}",
+        asterisk.log()
+    );
+    asterisk
+}
+
+#[test]
+fn answered_busy_and_unanswered_calls_arrive_as_the_contract_says() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("calls");
+    let started = now_secs();
+    let conf = cdr_kafka_conf(
+        &tansu.brokers(),
+        "calls",
+        "key = linkedid\nloguniqueid = yes\nloguserfield = yes\n",
+    );
+    let asterisk = start_with_module(&root, &conf);
+    for exten in ["answered", "busy", "noanswer"] {
+        asterisk.originate(exten);
+        asterisk.wait_for_no_channels(WAIT);
+    }
+    let status = asterisk.rx("cdr kafka show status");
+    let received: usize = status
+        .lines()
+        .find(|l| l.starts_with("Received"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Received counter in {status}"));
+    assert!(received >= 3, "{status}");
+    let messages = root.consume(&tansu.brokers(), "calls", received, WAIT);
+    assert_eq!(
+        messages.len(),
+        received,
+        "every CDR Asterisk handed over is on the topic"
+    );
+    for message in &messages {
+        assert_contract_shape(message, started);
+    }
+
+    let answered = caller_record(&messages, "answered").json();
+    assert_eq!(answered["disposition"], "ANSWERED");
+    assert_eq!(answered["src"], "100");
+    // Asterisk's ast_callerid_merge escapes the quotes inside the name; JSON escapes again.
+    assert_eq!(answered["clid"], r#""Alice \"Al\" O'Hara" <100>"#);
+    assert_eq!(answered["accountcode"], "acct-1");
+    assert_eq!(answered["amaflags"], "DOCUMENTATION");
+    assert_eq!(answered["lastdata"], "Local/callee@cdrk-callee,5");
+    assert!(answered["channel"]
+        .as_str()
+        .unwrap()
+        .starts_with("Local/answered@cdrk-"));
+    assert!(answered["dstchannel"]
+        .as_str()
+        .unwrap()
+        .starts_with("Local/callee@cdrk-callee-"));
+    assert!(answered["answer"].is_string());
+    assert_eq!(answered["myvar"], "hello", "CDR variables are published");
+    assert_eq!(
+        answered["EntityID"], "00:11:22:33:44:55",
+        "a variable cannot spoof a field"
+    );
+    let text = caller_record(&messages, "answered").payload.clone();
+    assert_eq!(text.matches("\"EntityID\"").count(), 1);
+    assert!(answered["uniqueid"].is_string() && answered["userfield"] == "");
+    let billsec = answered["billsec"].as_i64().unwrap();
+    let duration = answered["durationsec"].as_i64().unwrap();
+    assert!(
+        (0..=duration).contains(&billsec),
+        "billsec {billsec} duration {duration}"
+    );
+    assert!(
+        asterisk.log().contains("EntityID skipped"),
+        "the spoofing variable is logged"
+    );
+
+    let busy = caller_record(&messages, "busy").json();
+    assert_eq!(busy["disposition"], "BUSY");
+    assert_eq!(busy["src"], "101");
+    assert!(
+        busy["answer"].is_null(),
+        "busy call was never answered: {busy}"
+    );
+    assert_eq!(busy["billsec"], 0);
+
+    let noanswer = caller_record(&messages, "noanswer").json();
+    assert_eq!(noanswer["disposition"], "NO ANSWER");
+    assert_eq!(noanswer["src"], "102");
+    assert!(noanswer["answer"].is_null());
+    assert_eq!(noanswer["billsec"], 0);
+    assert_eq!(noanswer["lastdata"], "Local/noanswer@cdrk-callee,1");
+}
+
+#[test]
+fn broken_config_declines_cleanly_and_asterisk_keeps_running() {
+    let _one = lock();
+    let root = Root::from_env();
+    let conf = cdr_kafka_conf("127.0.0.1:9", "calls", "key = caller\n");
+    let asterisk = Asterisk::start(&root, &conf, TZ_MINUS_THREE);
+    let out = asterisk.rx("module load cdr_kafka.so");
+    assert!(!out.contains("Loaded cdr_kafka.so"), "{out}");
+    let log = asterisk.log();
+    assert!(
+        log.contains("cdr_kafka.conf [global] key = 'caller' (line 4): not a CDR field"),
+        "{log}"
+    );
+    assert!(!asterisk.rx("cdr show status").contains("kafka"));
+    assert!(asterisk.rx("core show version").contains("Asterisk 22"));
+
+    asterisk.write_config("cdr_kafka.conf", "[global]\ntopic = x\n");
+    asterisk.rx("module load cdr_kafka.so");
+    assert!(asterisk
+        .log()
+        .contains("neither 'brokers' nor 'connection' is set"));
+
+    let _ = std::fs::remove_file(root.path.join("etc/asterisk/cdr_kafka.conf"));
+    asterisk.rx("module load cdr_kafka.so");
+    assert!(asterisk.log().contains("cdr_kafka.conf is missing"));
+    assert!(!asterisk.rx("cdr show status").contains("kafka"));
+}
+
+#[test]
+fn reload_switches_topic_with_nothing_lost() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("before");
+    tansu.create_topic("after");
+    let asterisk = start_with_module(&root, &cdr_kafka_conf(&tansu.brokers(), "before", ""));
+    asterisk.originate("flood");
+    asterisk.wait_for_no_channels(WAIT);
+
+    // An invalid config is refused and the running one stays.
+    asterisk.write_config(
+        "cdr_kafka.conf",
+        &cdr_kafka_conf(&tansu.brokers(), "after", "acks = maybe\n"),
+    );
+    asterisk.rx("module reload cdr_kafka.so");
+    assert!(asterisk
+        .log()
+        .contains("reload refused, the running configuration stays"));
+    assert!(asterisk.rx("cdr kafka show status").contains("before"));
+
+    asterisk.write_config(
+        "cdr_kafka.conf",
+        &cdr_kafka_conf(&tansu.brokers(), "after", ""),
+    );
+    asterisk.rx("module reload cdr_kafka.so");
+    assert!(asterisk.rx("cdr kafka show status").contains("after"));
+    asterisk.originate("flood");
+    asterisk.wait_for_no_channels(WAIT);
+
+    let before = root.consume(&tansu.brokers(), "before", 1, WAIT);
+    let after = root.consume(&tansu.brokers(), "after", 1, WAIT);
+    let status = asterisk.rx("cdr kafka show status");
+    let counter = |name: &str| -> usize {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    assert_eq!(before.len() + after.len(), counter("Received"), "{status}");
+    assert_eq!(counter("Delivered"), counter("Received"), "{status}");
+    assert!(!before.is_empty() && !after.is_empty());
+}
+
+#[test]
+fn unload_then_load_works_and_leaves_nothing_mapped() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("calls");
+    let asterisk = start_with_module(&root, &cdr_kafka_conf(&tansu.brokers(), "calls", ""));
+    asterisk.originate("flood");
+    asterisk.wait_for_no_channels(WAIT);
+    let out = asterisk.rx("module unload cdr_kafka.so");
+    assert!(out.contains("Unloaded cdr_kafka.so"), "{out}");
+    assert!(
+        !asterisk.module_mapped(),
+        "the .so is still mapped after unload"
+    );
+    assert!(!asterisk.log().contains("Failure in dlclose"));
+    let out = asterisk.rx("module load cdr_kafka.so");
+    assert!(out.contains("Loaded cdr_kafka.so"), "{out}");
+    asterisk.originate("flood");
+    asterisk.wait_for_no_channels(WAIT);
+    let messages = root.consume(&tansu.brokers(), "calls", 2, WAIT);
+    assert!(
+        messages.len() >= 2,
+        "records before and after the reload: {messages:?}"
+    );
+}
+
+#[test]
+fn unload_with_broker_unreachable_returns_within_the_flush_bound() {
+    let _one = lock();
+    let root = Root::from_env();
+    let conf = cdr_kafka_conf("127.0.0.1:9", "calls", "flush_timeout_ms = 2000\n");
+    let asterisk = start_with_module(&root, &conf);
+    asterisk.originate("flood");
+    asterisk.wait_for_no_channels(WAIT);
+    let started = std::time::Instant::now();
+    let out = asterisk.rx("module unload cdr_kafka.so");
+    let took = started.elapsed();
+    assert!(out.contains("Unloaded cdr_kafka.so"), "{out}");
+    assert!(took < Duration::from_secs(10), "unload took {took:?}");
+    assert!(asterisk
+        .log()
+        .contains("undelivered after flush_timeout_ms = 2000"));
+    assert!(!asterisk.module_mapped());
+}
