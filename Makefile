@@ -20,6 +20,7 @@ SANDBOX ?= $(HOME)/.cache/cdr_kafka
 SANDBOX_ROOT ?= $(SANDBOX)/sid-root
 SANDBOX_INCLUDE ?= $(SANDBOX)/asterisk-include
 TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
+
 TEST_ENV = CDR_KAFKA_ROOT=$(SANDBOX_ROOT) CDR_KAFKA_MODULE=$(CURDIR)/target/release/libcdr_kafka.so \
 	CDR_KAFKA_TANSU=$(TANSU) ASTERISK_INCLUDE_DIR=$(SANDBOX_INCLUDE)
 
@@ -46,17 +47,18 @@ samples:
 		mv -f $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf.old; fi
 	install -m 0640 cdr_kafka.conf.sample $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf
 
+# The tests and the demo need root: debootstrap, chroot and mount.
 sandbox:
+	TANSU=$(TANSU) tests/sandbox/install-tools.sh
 	tests/sandbox/make-root.sh $(SANDBOX_ROOT) $(SANDBOX_INCLUDE)
-	@test -x $(TANSU) || { echo "tansu is missing: cargo install tansu --features libsql,dynostore"; exit 1; }
 
 test: sandbox
 	$(TEST_ENV) $(CARGO) build --release
 	$(TEST_ENV) $(CARGO) test --release -- --test-threads=1
 
 demo: sandbox
-	$(TEST_ENV) $(CARGO) build --release --examples
-	$(TEST_ENV) $(CARGO) run --release --example demo
+	$(TEST_ENV) $(CARGO) build --release
+	$(TEST_ENV) $(CARGO) run --quiet --release --example demo
 
 check:
 	$(CARGO) fmt --all -- --check

@@ -57,6 +57,8 @@ const fn option(
 pub const DEFAULT_CLIENT_ID: &str = "asterisk-cdr_kafka";
 pub const DEFAULT_TOPIC: &str = "asterisk_cdr";
 pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5000;
+/// What res_kafka uses when a connection of kafka.conf names no brokers.
+const RES_KAFKA_DEFAULT_BROKERS: &str = "localhost:9092";
 
 /// Every option of `[global]`, in documentation order.
 pub const OPTIONS: &[OptionDoc] = &[
@@ -75,7 +77,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     option("ssl_ca_location", "", Some("ssl.ca.location"), "File or folder of CA certificates that sign the brokers' certificates."),
     option("ssl_certificate_location", "", Some("ssl.certificate.location"), "Client certificate (PEM) for TLS client authentication."),
     option("ssl_key_location", "", Some("ssl.key.location"), "Private key (PEM) of the client certificate."),
-    option("compression_codec", "none", Some("compression.codec"), "none, gzip, snappy or lz4."),
+    option("compression_codec", "none", Some("compression.codec"), "none, gzip, snappy, lz4 or zstd."),
     option("linger_ms", "5", Some("linger.ms"), "How long librdkafka waits to batch messages, in milliseconds."),
     option("acks", "all", Some("acks"), "Broker acknowledgements required: all (or -1), 1 or 0."),
     option("enable_idempotence", "yes", Some("enable.idempotence"), "Idempotent producer: no duplicates or reordering from librdkafka's retries."),
@@ -161,6 +163,11 @@ pub enum ConfigError {
     },
     /// Neither `brokers` nor `connection` says where Kafka is.
     NoBrokers { file: String },
+    /// An option another option's value makes necessary is not set.
+    MissingOption {
+        name: &'static str,
+        why: &'static str,
+    },
     /// `connection = NAME` names no `type = connection` section of kafka.conf.
     UnknownConnection { name: String },
     /// librdkafka refused the producer settings.
@@ -210,6 +217,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "{file} [global]: neither 'brokers' nor 'connection' is set, so there is no Kafka to publish to"
             ),
+            Self::MissingOption { name, why } => {
+                write!(f, "{CONFIG_FILE} [global] {name} is not set: {why}")
+            }
             Self::UnknownConnection { name } => write!(
                 f,
                 "{CONFIG_FILE} [global] connection = '{name}': {KAFKA_CONFIG_FILE} has no section [{name}] with type = connection"
@@ -306,6 +316,11 @@ pub fn parse(
         if !is_connection {
             return Err(ConfigError::UnknownConnection { name: name.clone() });
         }
+        // res_kafka's default when a connection names no brokers.
+        settings
+            .kafka
+            .properties
+            .insert("bootstrap.servers".into(), RES_KAFKA_DEFAULT_BROKERS.into());
         for entry in section.into_iter().filter(|e| e.name != "type") {
             apply_producer_option(&mut settings.kafka, KAFKA_CONFIG_FILE, entry)?;
         }
@@ -322,6 +337,15 @@ pub fn parse(
     {
         return Err(ConfigError::NoBrokers {
             file: CONFIG_FILE.into(),
+        });
+    }
+    let sasl = properties
+        .get("security.protocol")
+        .is_some_and(|protocol| protocol.starts_with("sasl"));
+    if sasl && !properties.contains_key("sasl.mechanisms") {
+        return Err(ConfigError::MissingOption {
+            name: "sasl_mechanisms",
+            why: "security_protocol is sasl_*: set sasl_mechanisms (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)",
         });
     }
     for (property, default) in [
@@ -397,6 +421,13 @@ fn parse_key(entry: &Entry, host: HostCapabilities) -> Result<Option<KeyField>, 
     Ok(Some(key))
 }
 
+fn is_option_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 fn valid_topic(topic: &str) -> bool {
     (1..=249).contains(&topic.len())
         && topic != "."
@@ -431,11 +462,19 @@ fn apply_producer_option(
             .insert(property.to_string(), value.to_string());
         return Ok(());
     }
-    let Some(property) = OPTIONS
+    let known = OPTIONS
         .iter()
         .find(|o| o.name == entry.name)
-        .and_then(|o| o.librdkafka)
-    else {
+        .and_then(|o| o.librdkafka);
+    let Some(property) = known else {
+        // res_kafka's kafka.conf names more librdkafka properties the same way
+        // (message_max_bytes, retries, ...): map them, librdkafka validates them.
+        if file == KAFKA_CONFIG_FILE && is_option_name(&entry.name) {
+            kafka
+                .properties
+                .insert(entry.name.replace('_', "."), value.to_string());
+            return Ok(());
+        }
         return Err(ConfigError::UnknownOption {
             file: file.into(),
             section: entry.section.clone(),
@@ -445,14 +484,8 @@ fn apply_producer_option(
     };
     let value = match entry.name.as_str() {
         "security_protocol" => one_of(&["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])?,
-        "sasl_mechanisms" => one_of(&[
-            "GSSAPI",
-            "PLAIN",
-            "SCRAM-SHA-256",
-            "SCRAM-SHA-512",
-            "OAUTHBEARER",
-        ])?,
-        "compression_codec" => one_of(&["none", "gzip", "snappy", "lz4"])?,
+        "sasl_mechanisms" => one_of(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"])?,
+        "compression_codec" => one_of(&["none", "gzip", "snappy", "lz4", "zstd"])?,
         "acks" => match value.to_ascii_lowercase().as_str() {
             "all" | "-1" => "all".to_string(),
             "0" | "1" => value.to_string(),
@@ -535,7 +568,7 @@ mod tests {
             ("ssl_ca_location", "/etc/ssl/ca.pem"),
             ("ssl_certificate_location", "/etc/ssl/c.pem"),
             ("ssl_key_location", "/etc/ssl/k.pem"),
-            ("compression_codec", "lz4"),
+            ("compression_codec", "zstd"),
             ("linger_ms", "10"),
             ("acks", "-1"),
             ("enable_idempotence", "no"),
@@ -556,7 +589,7 @@ mod tests {
             ("ssl.ca.location", "/etc/ssl/ca.pem"),
             ("ssl.certificate.location", "/etc/ssl/c.pem"),
             ("ssl.key.location", "/etc/ssl/k.pem"),
-            ("compression.codec", "lz4"),
+            ("compression.codec", "zstd"),
             ("linger.ms", "10"),
             ("acks", "all"),
             ("enable.idempotence", "false"),
@@ -601,7 +634,7 @@ mod tests {
             ("queue_buffering_max_messages", "0", "from 1 to"),
             ("flush_timeout_ms", "forever", "not a whole number"),
             ("security_protocol", "tls", "not one of plaintext, ssl"),
-            ("sasl_mechanisms", "KERBEROS", "not one of GSSAPI"),
+            ("sasl_mechanisms", "GSSAPI", "not one of PLAIN"),
             ("compression_codec", "brotli", "not one of none, gzip"),
             ("topic", "cdr topic", "not a Kafka topic name"),
             ("brokers", "", "empty"),
@@ -691,6 +724,41 @@ mod tests {
         assert_eq!(settings.kafka.get("bootstrap.servers"), Some("far:9092"));
         assert_eq!(settings.kafka.get("client.id"), Some("local"));
         assert_eq!(settings.kafka.get("sasl.username"), Some("u"));
+    }
+
+    #[test]
+    fn res_kafka_options_of_kafka_conf_pass_to_librdkafka() {
+        let mut read = || {
+            Ok(entries(
+                "k",
+                &[
+                    ("type", "connection"),
+                    ("message_max_bytes", "2000000"),
+                    ("retries", "5"),
+                ],
+            ))
+        };
+        let settings = parse(
+            &entries("global", &[("connection", "k")]),
+            TENANT,
+            &mut read,
+        )
+        .unwrap();
+        assert_eq!(settings.kafka.get("message.max.bytes"), Some("2000000"));
+        assert_eq!(settings.kafka.get("retries"), Some("5"));
+        assert_eq!(
+            settings.kafka.get("bootstrap.servers"),
+            Some("localhost:9092")
+        );
+        // In cdr_kafka.conf the same name is a typo until proven otherwise.
+        let text = error_text(&[("brokers", "k:9092"), ("retries", "5")]);
+        assert!(text.contains("retries (line 3): unknown option"), "{text}");
+    }
+
+    #[test]
+    fn sasl_without_mechanism_is_refused() {
+        let text = error_text(&[("brokers", "k:9092"), ("security_protocol", "sasl_ssl")]);
+        assert!(text.contains("sasl_mechanisms is not set"), "{text}");
     }
 
     #[test]

@@ -382,3 +382,35 @@ fn unload_with_broker_unreachable_returns_within_the_flush_bound() {
         .contains("undelivered after flush_timeout_ms = 2000"));
     assert!(!asterisk.module_mapped());
 }
+
+#[test]
+fn module_loaded_at_boot_unloads_without_staying_mapped() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("calls");
+    let conf = cdr_kafka_conf(&tansu.brokers(), "calls", "");
+    let asterisk =
+        Asterisk::start_with_modules(&root, &conf, TZ_MINUS_THREE, "load => cdr_kafka.so\n");
+    assert!(
+        asterisk.rx("cdr show status").contains("kafka"),
+        "registered at boot"
+    );
+    assert!(
+        asterisk.module_mapped(),
+        "the map check sees a loaded module"
+    );
+    asterisk.originate("flood");
+    asterisk.wait_for_no_channels(WAIT);
+    assert!(!root.consume(&tansu.brokers(), "calls", 1, WAIT).is_empty());
+    let out = asterisk.rx("module unload cdr_kafka.so");
+    assert!(out.contains("Unloaded cdr_kafka.so"), "{out}");
+    // Threads started from Asterisk's main thread would pin the image (ASTERISK-FACTS).
+    assert!(
+        !asterisk.module_mapped(),
+        "the .so is still mapped after unload"
+    );
+    assert!(asterisk
+        .rx("module load cdr_kafka.so")
+        .contains("Loaded cdr_kafka.so"));
+}

@@ -347,10 +347,22 @@ impl<'r> Asterisk<'r> {
     /// `tz` (Asterisk reads /etc/localtime, not TZ) and waits until it has fully booted.
     /// The module is not loaded yet.
     pub fn start(root: &'r Root, cdr_kafka_conf: &str, tz: &str) -> Self {
+        Self::start_with_modules(root, cdr_kafka_conf, tz, "")
+    }
+
+    /// Like `start`, with more `load =>` lines in modules.conf (loaded at boot, on
+    /// Asterisk's main thread).
+    pub fn start_with_modules(
+        root: &'r Root,
+        cdr_kafka_conf: &str,
+        tz: &str,
+        more_modules: &str,
+    ) -> Self {
         let etc = root.path.join("etc/asterisk");
+        let modules_conf = format!("{MODULES_CONF}{more_modules}");
         for (name, text) in [
             ("asterisk.conf", ASTERISK_CONF),
-            ("modules.conf", MODULES_CONF),
+            ("modules.conf", modules_conf.as_str()),
             ("cdr.conf", CDR_CONF),
             ("logger.conf", LOGGER_CONF),
             ("extensions.conf", EXTENSIONS_CONF),
