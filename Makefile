@@ -11,9 +11,11 @@ DESTDIR ?=
 ASTERISK_INCLUDE_DIR ?= /usr/include
 ASTETCDIR ?= /etc/asterisk
 # Where the installed Asterisk loads modules and third-party docs from (asterisk.conf says).
-ASTMODDIR ?= $(or $(shell sed -n 's/^[[:space:]]*astmoddir[[:space:]]*=>*[[:space:]]*//p' $(ASTETCDIR)/asterisk.conf 2>/dev/null),\
-	$(wildcard /usr/lib/$(shell gcc -dumpmachine 2>/dev/null)/asterisk/modules),/usr/lib/asterisk/modules)
-ASTDATADIR ?= $(or $(shell sed -n 's/^[[:space:]]*astdatadir[[:space:]]*=>*[[:space:]]*//p' $(ASTETCDIR)/asterisk.conf 2>/dev/null),/var/lib/asterisk)
+ASTMODDIR ?= $(or $(shell sed -n 's/^[[:space:]]*astmoddir[[:space:]]*=>*[[:space:]]*//p' $(DESTDIR)$(ASTETCDIR)/asterisk.conf 2>/dev/null),\
+	$(wildcard $(DESTDIR)/usr/lib/$(shell gcc -dumpmachine 2>/dev/null)/asterisk/modules),/usr/lib/asterisk/modules)
+ASTDATADIR ?= $(or $(shell sed -n 's/^[[:space:]]*astdatadir[[:space:]]*=>*[[:space:]]*//p' $(DESTDIR)$(ASTETCDIR)/asterisk.conf 2>/dev/null),/var/lib/asterisk)
+# The module make install copies (make builds it).
+MODULE ?= cdr_kafka.so
 
 # The sandbox of the tests and the demo: a Debian unstable root with Asterisk 22.
 SANDBOX ?= $(HOME)/.cache/cdr_kafka
@@ -34,11 +36,12 @@ cdr_kafka.so: FORCE
 
 FORCE:
 
-install: cdr_kafka.so
+install:
+	@test -f $(MODULE) || { echo "$(MODULE) is not built: run make first"; exit 1; }
 	install -d $(DESTDIR)$(ASTMODDIR) $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty
 	# A new file, never an overwrite: the running Asterisk may have the old one mapped.
 	rm -f $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so
-	install -m 0755 cdr_kafka.so $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so
+	install -m 0755 $(MODULE) $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so
 	install -m 0644 documentation/cdr_kafka_config-en_US.xml $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty/
 
 samples:

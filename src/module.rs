@@ -301,13 +301,16 @@ pub fn status_text() -> String {
         ("Failed", Stats::get(&stats.failed).to_string()),
         ("In flight", running.publisher.in_flight().to_string()),
     ];
-    lines.push(match stats.last_error() {
-        Some((error, when)) => (
-            "Last error",
-            format!("{error} (at {})", format_system_time(when)),
-        ),
-        None => ("Last error", "(none)".into()),
-    });
+    for (label, last) in [
+        ("Last error", stats.last_error()),
+        ("Last broker error", stats.last_broker_error()),
+    ] {
+        let text = match last {
+            Some((error, when)) => format!("{error} (at {})", format_system_time(when)),
+            None => "(none)".into(),
+        };
+        lines.push((label, text));
+    }
     for property in [
         "security.protocol",
         "sasl.mechanisms",

@@ -414,3 +414,61 @@ fn module_loaded_at_boot_unloads_without_staying_mapped() {
         .rx("module load cdr_kafka.so")
         .contains("Loaded cdr_kafka.so"));
 }
+
+#[test]
+fn make_install_and_samples_put_everything_where_asterisk_reads_it() {
+    let _one = lock();
+    let root = Root::from_env();
+    let module = std::env::var("CDR_KAFKA_MODULE").expect("CDR_KAFKA_MODULE");
+    let etc = root.path.join("etc/asterisk");
+    std::fs::write(etc.join("asterisk.conf"), support::ASTERISK_CONF).unwrap();
+    std::fs::write(etc.join("cdr_kafka.conf"), "; the operator's own file\n").unwrap();
+    let make = |targets: &[&str]| {
+        let status = std::process::Command::new("make")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(targets)
+            .arg(format!("DESTDIR={}", root.path.display()))
+            .arg(format!("MODULE={module}"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run make");
+        assert!(status.success(), "make {targets:?} failed");
+    };
+    make(&["install", "samples"]);
+    let modules = root
+        .path
+        .join("usr/lib/x86_64-linux-gnu/asterisk/modules/cdr_kafka.so");
+    assert_eq!(
+        std::fs::read(&modules).unwrap(),
+        std::fs::read(&module).unwrap(),
+        "the module is in astmoddir of asterisk.conf"
+    );
+    let docs = root
+        .path
+        .join("usr/share/asterisk/documentation/thirdparty/cdr_kafka_config-en_US.xml");
+    assert!(docs.is_file(), "the XML docs are in astdatadir");
+    let old = std::fs::read_to_string(etc.join("cdr_kafka.conf.old")).unwrap();
+    assert_eq!(
+        old, "; the operator's own file\n",
+        "make samples keeps the old file"
+    );
+    let sample = std::fs::read_to_string(etc.join("cdr_kafka.conf")).unwrap();
+    assert!(sample.contains("[global]") && sample.contains("brokers ="));
+
+    // Asterisk reads third-party docs at startup: `config show help` explains every option.
+    let tansu = Tansu::start();
+    let asterisk = start_with_module(&root, &cdr_kafka_conf(&tansu.brokers(), "calls", ""));
+    let help = asterisk.rx("config show help cdr_kafka global");
+    for option in cdr_kafka::config::OPTIONS {
+        assert!(
+            help.contains(option.name),
+            "{} missing from:\n{help}",
+            option.name
+        );
+    }
+    let brokers = asterisk.rx("config show help cdr_kafka global brokers");
+    assert!(brokers.contains("bootstrap.servers"), "{brokers}");
+    drop(asterisk);
+    let _ = std::fs::remove_file(docs);
+}

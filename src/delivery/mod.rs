@@ -10,7 +10,7 @@
 
 pub mod stats;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,8 +53,12 @@ impl std::fmt::Display for SendError {
 /// What the producer's callbacks do: count, remember the last error, log rate-limited.
 pub struct DeliveryContext {
     stats: Arc<Stats>,
+    /// Records taken by librdkafka and not yet reported on. librdkafka's own
+    /// `rd_kafka_outq_len` also counts pending events, so it overstates this.
+    in_flight: AtomicU64,
     failure_log: RateLimit,
     error_log: RateLimit,
+    librdkafka_log: RateLimit,
 }
 
 impl ClientContext for DeliveryContext {
@@ -65,7 +69,7 @@ impl ClientContext for DeliveryContext {
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error
             | RDKafkaLogLevel::Warning => {
-                if let Some(held) = self.error_log.check() {
+                if let Some(held) = self.librdkafka_log.check() {
                     ast_log!(
                         Warning,
                         "librdkafka {facility}: {message}{}",
@@ -78,7 +82,8 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.stats.set_last_error(format!("{error}: {reason}"));
+        self.stats
+            .set_last_broker_error(format!("{error}: {reason}"));
         if let Some(held) = self.error_log.check() {
             ast_log!(
                 Warning,
@@ -93,6 +98,7 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         match result {
             Ok(_) => Stats::add(&self.stats.delivered),
             Err((error, _)) => {
@@ -133,8 +139,10 @@ impl Publisher {
         });
         let context = DeliveryContext {
             stats,
+            in_flight: AtomicU64::new(0),
             failure_log: RateLimit::new(10),
             error_log: RateLimit::new(10),
+            librdkafka_log: RateLimit::new(10),
         };
         let producer: BaseProducer<DeliveryContext> =
             config
@@ -177,17 +185,21 @@ impl Publisher {
         if let Some(key) = key {
             record = record.key(key);
         }
-        self.producer
-            .send(record)
-            .map_err(|(error, _)| match error {
+        let in_flight = &self.producer.context().in_flight;
+        // Counted before the send: its delivery report may come before send returns.
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        self.producer.send(record).map_err(|(error, _)| {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            match error {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
                 error => SendError::Refused(error),
-            })
+            }
+        })
     }
 
     /// Records handed over and not yet delivered or failed.
     pub fn in_flight(&self) -> u64 {
-        u64::try_from(self.producer.in_flight_count()).unwrap_or(0)
+        self.producer.context().in_flight.load(Ordering::Acquire)
     }
 
     /// Waits up to `timeout` for records in flight, then stops everything this producer

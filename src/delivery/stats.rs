@@ -17,6 +17,7 @@ pub struct Stats {
     /// Records refused at hand-off or reported undeliverable.
     pub failed: AtomicU64,
     last_error: Mutex<Option<(String, SystemTime)>>,
+    last_broker_error: Mutex<Option<(String, SystemTime)>>,
 }
 
 impl Stats {
@@ -28,13 +29,33 @@ impl Stats {
         counter.load(Ordering::Relaxed)
     }
 
+    /// Remembers why a record was refused or undeliverable.
     pub fn set_last_error(&self, error: String) {
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some((error, SystemTime::now()));
-        }
+        remember(&self.last_error, error);
     }
 
     pub fn last_error(&self) -> Option<(String, SystemTime)> {
-        self.last_error.lock().ok().and_then(|last| last.clone())
+        recall(&self.last_error)
     }
+
+    /// Remembers the producer's last word about the brokers (e.g. all brokers down).
+    /// Kept apart: during an outage librdkafka repeats it twice a second, and it must
+    /// not hide why a record failed.
+    pub fn set_last_broker_error(&self, error: String) {
+        remember(&self.last_broker_error, error);
+    }
+
+    pub fn last_broker_error(&self) -> Option<(String, SystemTime)> {
+        recall(&self.last_broker_error)
+    }
+}
+
+fn remember(slot: &Mutex<Option<(String, SystemTime)>>, error: String) {
+    if let Ok(mut last) = slot.lock() {
+        *last = Some((error, SystemTime::now()));
+    }
+}
+
+fn recall(slot: &Mutex<Option<(String, SystemTime)>>) -> Option<(String, SystemTime)> {
+    slot.lock().ok().and_then(|last| last.clone())
 }
