@@ -79,6 +79,59 @@ const CONTRACT_ORDER: [&str; 23] = [
     "SystemName",
 ];
 
+/// Milliseconds since the epoch of a contract time, offset applied.
+fn epoch_millis(text: &str) -> i64 {
+    let (date, time) = text.split_at(10);
+    let number = |s: &str| s.parse::<i64>().unwrap_or_else(|_| panic!("{s} in {text}"));
+    let (year, month, day) = (
+        number(&date[0..4]),
+        number(&date[5..7]),
+        number(&date[8..10]),
+    );
+    let (hour, minute) = (number(&time[1..3]), number(&time[4..6]));
+    let (second, millis) = (number(&time[7..9]), number(&time[10..13]));
+    let sign = if &time[13..14] == "-" { -1 } else { 1 };
+    let offset = sign * (number(&time[14..16]) * 3600 + number(&time[16..18]) * 60);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 86_400 + hour * 3600 + minute * 60 + second - offset) * 1000) + millis
+}
+
+/// start <= answer <= end, and Asterisk's whole-second durations match them.
+fn assert_times_agree_with_durations(record: &Value) {
+    let start = epoch_millis(record["start"].as_str().unwrap());
+    let end = epoch_millis(record["end"].as_str().unwrap());
+    let duration = record["durationsec"].as_i64().unwrap();
+    assert!(start <= end, "{record}");
+    assert!(
+        ((end - start) / 1000 - duration).abs() <= 1,
+        "durationsec in {record}"
+    );
+    let billsec = record["billsec"].as_i64().unwrap();
+    match record["answer"].as_str() {
+        Some(answer) => {
+            let answer = epoch_millis(answer);
+            assert!(start <= answer && answer <= end, "{record}");
+            assert!(
+                ((end - answer) / 1000 - billsec).abs() <= 1,
+                "billsec in {record}"
+            );
+        }
+        None => assert_eq!(billsec, 0, "{record}"),
+    }
+    let now_millis = now_secs() as i64 * 1000;
+    assert!(
+        (now_millis - end).abs() < 600_000,
+        "end is not now: {record}"
+    );
+}
+
 /// Checks what every record must satisfy, whatever the call.
 fn assert_contract_shape(message: &Message, started: u64) {
     let text = &message.payload;
@@ -120,6 +173,7 @@ fn assert_contract_shape(message: &Message, started: u64) {
     if !json["answer"].is_null() {
         assert_local_time(&json, "answer");
     }
+    assert_times_agree_with_durations(&json);
     assert_eq!(json["EntityID"], "00:11:22:33:44:55");
     assert_eq!(json["SystemName"], "pbx-test");
     assert_eq!(
@@ -247,6 +301,10 @@ fn answered_busy_and_unanswered_calls_arrive_as_the_contract_says() {
 
     let busy = caller_record(&messages, "busy").json();
     assert_eq!(busy["disposition"], "BUSY");
+    assert_eq!(
+        busy["clid"], "\"Jos\u{fffd}\" <101>",
+        "a Latin-1 caller name is repaired, not dropped"
+    );
     assert_eq!(busy["src"], "101");
     assert!(
         busy["answer"].is_null(),

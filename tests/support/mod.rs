@@ -309,6 +309,7 @@ messages.log => notice,warning,error,verbose
 ";
 
 /// The calls of the tests: the caller side runs in [cdrk], the callee side in [cdrk-callee].
+/// LATIN1_NAME is written as the Latin-1 bytes of "José", as a trunk might send them.
 pub const EXTENSIONS_CONF: &str = r#"[general]
 [cdrk]
 exten => answered,1,Set(CDR(myvar)=hello)
@@ -319,6 +320,7 @@ exten => answered,1,Set(CDR(myvar)=hello)
  same => n,Dial(Local/callee@cdrk-callee,5)
  same => n,Hangup()
 exten => busy,1,Set(CALLERID(num)=101)
+ same => n,Set(CALLERID(name)=LATIN1_NAME)
  same => n,Dial(Local/busy@cdrk-callee,5)
  same => n,Hangup()
 exten => noanswer,1,Set(CALLERID(num)=102)
@@ -365,11 +367,16 @@ impl<'r> Asterisk<'r> {
             ("modules.conf", modules_conf.as_str()),
             ("cdr.conf", CDR_CONF),
             ("logger.conf", LOGGER_CONF),
-            ("extensions.conf", EXTENSIONS_CONF),
             ("cdr_kafka.conf", cdr_kafka_conf),
         ] {
             fs::write(etc.join(name), text).expect("write Asterisk config");
         }
+        let extensions = EXTENSIONS_CONF.replace("LATIN1_NAME", "\u{1}");
+        let extensions: Vec<u8> = extensions
+            .bytes()
+            .flat_map(|b| if b == 1 { b"Jos\xe9".to_vec() } else { vec![b] })
+            .collect();
+        fs::write(etc.join("extensions.conf"), extensions).expect("write extensions.conf");
         let _ = fs::remove_file(etc.join("kafka.conf"));
         install_module(root);
         let localtime = root.path.join("etc/localtime");
