@@ -38,13 +38,8 @@ fn main() {
         asterisk.wait_for_no_channels(Duration::from_secs(30));
     }
 
+    let received = asterisk.wait_until_all_delivered(Duration::from_secs(30));
     let status = asterisk.rx("cdr kafka show status");
-    let received = status
-        .lines()
-        .find(|line| line.starts_with("Received"))
-        .and_then(|line| line.split(':').nth(1))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(1);
     let messages = root.consume(&tansu.brokers(), TOPIC, received, Duration::from_secs(30));
     println!(
         "\n{} records on topic {TOPIC} (read with kcat):",

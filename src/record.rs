@@ -543,34 +543,14 @@ mod tests {
         let keys: Vec<&str> = json.keys().map(String::as_str).collect();
         // serde_json's Map keeps insertion order only with preserve_order; check positions instead.
         let position = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
-        let order = [
-            "clid",
-            "src",
-            "dst",
-            "dcontext",
-            "channel",
-            "dstchannel",
-            "lastapp",
-            "lastdata",
-            "start",
-            "answer",
-            "end",
-            "durationsec",
-            "billsec",
-            "disposition",
-            "accountcode",
-            "amaflags",
-            "peeraccount",
-            "linkedid",
-            "sequence",
-            "tenantid",
-            "peertenantid",
-            "EntityID",
-            "SystemName",
-            "myvar",
-            "uniqueid",
-            "userfield",
-        ];
+        // The contract's fields up to SystemName, then variables, then the optional two.
+        let (fixed, optional) = CONTRACT_FIELDS.split_at(23);
+        let order: Vec<&str> = fixed
+            .iter()
+            .copied()
+            .chain(["myvar"])
+            .chain(optional.iter().copied())
+            .collect();
         assert_eq!(keys.len(), order.len());
         for pair in order.windows(2) {
             assert!(position(pair[0]) < position(pair[1]), "{pair:?} in {text}");

@@ -442,6 +442,25 @@ impl<'r> Asterisk<'r> {
         ));
     }
 
+    /// A counter of `cdr kafka show status` (`Received`, `Delivered`, ...).
+    pub fn counter(&self, name: &str) -> usize {
+        let status = self.rx("cdr kafka show status");
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split(':').nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name} in:\n{status}"))
+    }
+
+    /// Waits until the broker acknowledged every CDR Asterisk handed over; returns how many.
+    pub fn wait_until_all_delivered(&self, timeout: Duration) -> usize {
+        wait_for("every CDR to be delivered", timeout, || {
+            let received = self.counter("Received");
+            (received > 0 && self.counter("Delivered") == received).then_some(received)
+        })
+    }
+
     /// Number of channels up now.
     pub fn active_channels(&self) -> usize {
         let out = self.rx("core show channels count");
