@@ -8,6 +8,7 @@
 //! librdkafka's own threads end inside that drop (rd_kafka_destroy), so nothing of
 //! ours runs once `shutdown` returned.
 
+pub mod spool;
 pub mod stats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
