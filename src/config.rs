@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::delivery::spool::SyncPolicy;
 use crate::record::KeyField;
 
 pub const CONFIG_FILE: &str = "cdr_kafka.conf";
@@ -81,10 +82,14 @@ pub const OPTIONS: &[OptionDoc] = &[
     option("linger_ms", "5", Some("linger.ms"), "How long librdkafka waits to batch messages, in milliseconds."),
     option("acks", "all", Some("acks"), "Broker acknowledgements required: all (or -1), 1 or 0."),
     option("enable_idempotence", "yes", Some("enable.idempotence"), "Idempotent producer: no duplicates or reordering from librdkafka's retries."),
-    option("message_timeout_ms", "300000", Some("message.timeout.ms"), "How long librdkafka keeps trying to deliver a record, in milliseconds."),
-    option("queue_buffering_max_messages", "100000", Some("queue.buffering.max.messages"), "Most records librdkafka holds in memory; past it a CDR is refused and counted as failed."),
+    option("message_timeout_ms", "0", Some("message.timeout.ms"), "How long librdkafka tries to deliver a record before it is tried again from the spool, in milliseconds; 0: no limit, which keeps records of one key in order."),
+    option("queue_buffering_max_messages", "100000", Some("queue.buffering.max.messages"), "Most records librdkafka holds in memory; the rest wait in the spool."),
     option("debug", "", Some("debug"), "librdkafka debug contexts (e.g. broker,topic,msg), logged at debug level."),
     option("flush_timeout_ms", "5000", None, "How long unload and reload wait for records in flight to be delivered, in milliseconds."),
+    option("spool_dir", "", None, "Folder of the durable spool. Empty: cdr_kafka inside Asterisk's spool folder (astspooldir, usually /var/spool/asterisk/cdr_kafka). Takes effect at module load."),
+    option("spool_sync", "interval", None, "When spooled records are forced to disk: always (every record, on the CDR thread; survives power loss), interval (every spool_sync_interval_ms) or never (the kernel decides). A crash of Asterisk alone loses nothing with any of them. Takes effect at module load."),
+    option("spool_sync_interval_ms", "1000", None, "With spool_sync = interval: how often, in milliseconds."),
+    option("spool_max_bytes", "0", None, "Most bytes the spool may hold; past it new CDRs are refused (logged, counted as failed). 0: bounded by the disk."),
     option("rdkafka.<property>", "", None, "Any other librdkafka property, passed unchanged (e.g. `rdkafka.socket.keepalive.enable = true`)."),
 ];
 
@@ -130,6 +135,16 @@ pub struct Settings {
     pub flush_timeout: Duration,
     pub connection: Option<String>,
     pub kafka: KafkaSettings,
+    pub spool: SpoolOptions,
+}
+
+/// The spool's options; `dir` None: inside Asterisk's spool folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolOptions {
+    pub dir: Option<std::path::PathBuf>,
+    pub sync: SyncPolicy,
+    pub sync_interval: Duration,
+    pub max_bytes: u64,
 }
 
 /// Why a configuration was refused. Each message names the file, section, option and value.
@@ -172,6 +187,8 @@ pub enum ConfigError {
     UnknownConnection { name: String },
     /// librdkafka refused the producer settings.
     Producer { message: String },
+    /// The spool folder cannot be used.
+    Spool { message: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -224,6 +241,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "{CONFIG_FILE} [global] connection = '{name}': {KAFKA_CONFIG_FILE} has no section [{name}] with type = connection"
             ),
+            Self::Spool { message } => write!(f, "{CONFIG_FILE} [global] spool: {message}"),
             Self::Producer { message } => write!(
                 f,
                 "{CONFIG_FILE} [global]: librdkafka refused the producer settings: {message}"
@@ -266,6 +284,12 @@ pub fn parse(
         flush_timeout: Duration::from_millis(DEFAULT_FLUSH_TIMEOUT_MS),
         connection: None,
         kafka: KafkaSettings::default(),
+        spool: SpoolOptions {
+            dir: None,
+            sync: SyncPolicy::Interval,
+            sync_interval: Duration::from_millis(1000),
+            max_bytes: 0,
+        },
     };
     let mut producer_entries: Vec<&Entry> = Vec::new();
     for entry in entries {
@@ -296,6 +320,28 @@ pub fn parse(
             "loguniqueid" => settings.loguniqueid = flag()?,
             "loguserfield" => settings.loguserfield = flag()?,
             "usegmtime" => settings.usegmtime = flag()?,
+            "spool_dir" => {
+                let dir = entry.value.trim();
+                if !dir.is_empty() && !dir.starts_with('/') {
+                    return Err(bad("not an absolute path"));
+                }
+                settings.spool.dir = (!dir.is_empty()).then(|| dir.into());
+            }
+            "spool_sync" => {
+                settings.spool.sync = match entry.value.trim().to_ascii_lowercase().as_str() {
+                    "always" => SyncPolicy::Always,
+                    "interval" => SyncPolicy::Interval,
+                    "never" => SyncPolicy::Never,
+                    _ => return Err(bad("not always, interval or never")),
+                }
+            }
+            "spool_sync_interval_ms" => {
+                let ms = parse_number(entry, CONFIG_FILE, 1, 3_600_000)?;
+                settings.spool.sync_interval = Duration::from_millis(ms);
+            }
+            "spool_max_bytes" => {
+                settings.spool.max_bytes = parse_number(entry, CONFIG_FILE, 0, u64::MAX)?;
+            }
             "flush_timeout_ms" => {
                 let ms = parse_number(entry, CONFIG_FILE, 0, 3_600_000)?;
                 settings.flush_timeout = Duration::from_millis(ms);
@@ -352,6 +398,8 @@ pub fn parse(
         ("client.id", DEFAULT_CLIENT_ID),
         ("acks", "all"),
         ("enable.idempotence", "true"),
+        // The spool keeps every record until delivered: librdkafka need not give up.
+        ("message.timeout.ms", "0"),
     ] {
         properties
             .entry(property.to_string())
@@ -549,6 +597,10 @@ mod tests {
         assert_eq!(kafka.get("acks"), Some("all"));
         assert_eq!(kafka.get("enable.idempotence"), Some("true"));
         assert_eq!(kafka.get("client.id"), Some(DEFAULT_CLIENT_ID));
+        assert_eq!(kafka.get("message.timeout.ms"), Some("0"));
+        assert_eq!(settings.spool.dir, None);
+        assert_eq!(settings.spool.sync, SyncPolicy::Interval);
+        assert_eq!(settings.spool.max_bytes, 0);
         for option in OPTIONS {
             if option.name == "topic" {
                 assert_eq!(option.default, settings.topic);
@@ -638,6 +690,10 @@ mod tests {
             ("compression_codec", "brotli", "not one of none, gzip"),
             ("topic", "cdr topic", "not a Kafka topic name"),
             ("brokers", "", "empty"),
+            ("spool_sync", "sometimes", "not always, interval or never"),
+            ("spool_dir", "relative/path", "not an absolute path"),
+            ("spool_max_bytes", "lots", "not a whole number"),
+            ("spool_sync_interval_ms", "0", "from 1 to"),
         ];
         for (name, value, expected) in cases {
             let text = error_text(&[("brokers", "k:9092"), (name, value)]);

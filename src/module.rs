@@ -1,42 +1,70 @@
-//! The running module: settings + cached producer, swapped whole on reload so a record
-//! always sees one consistent configuration.
+//! The running module: settings, the durable spool and the producer feeding from it,
+//! swapped whole on reload so a record always sees one consistent configuration.
 //!
-//! Threads: `log_cdr` runs on Asterisk's CDR thread and only takes a read lock long
-//! enough to clone an `Arc`. `load`, `reload` and `unload` run on short-lived threads
-//! the glue starts; they alone create and retire producers. A retired configuration is
-//! dropped only once no CDR callback holds it, so a producer is never torn down on the
-//! CDR thread.
+//! Threads: `log_cdr` runs on Asterisk's CDR thread: it takes a read lock long enough
+//! to clone an `Arc`, encodes the record and appends it to the spool. `load`, `reload`
+//! and `unload` run on short-lived threads the glue starts; they alone create and
+//! retire producers. A retired configuration is dropped only once no CDR callback
+//! holds it, so a producer is never torn down on the CDR thread.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::message::{Header, OwnedHeaders};
-
 use crate::asterisk::host::Identity;
 use crate::config::{self, ConfigError, HostCapabilities, Settings, CONFIG_FILE};
+use crate::delivery::spool::{Spool, SpoolError, SpoolRecord, SpoolSettings};
 use crate::delivery::stats::Stats;
-use crate::delivery::{Publisher, SendError};
+use crate::delivery::Publisher;
 use crate::ratelimit::{suppressed_note, RateLimit};
 use crate::record::{self, Cdr, EncodeOptions};
 use crate::{ast_log, asterisk};
 
-/// A loaded configuration and the producer serving it.
+/// Gives every record an id that is unique and stays the same on replay.
+pub struct RecordIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RecordIds {
+    fn new(identity: &Identity) -> Self {
+        let loaded_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Self {
+            prefix: format!("{}-{loaded_ms:x}", identity.entity_id.replace(':', "")),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.prefix)
+    }
+}
+
+/// A loaded configuration, its spool, and the producer serving them.
 pub struct Running {
     pub settings: Settings,
     pub identity: Identity,
     encode: EncodeOptions,
     publisher: Arc<Publisher>,
+    pub spool: Arc<Spool>,
     pub stats: Arc<Stats>,
+    record_ids: Arc<RecordIds>,
     started: SystemTime,
 }
 
 static RUNNING: RwLock<Option<Arc<Running>>> = RwLock::new(None);
 
-static QUEUE_FULL_LOG: RateLimit = RateLimit::new(10);
+static SPOOL_REFUSED_LOG: RateLimit = RateLimit::new(10);
 static SKIPPED_VARIABLE_LOG: RateLimit = RateLimit::new(60);
 
 /// Typical record size: one allocation per record in the common case.
 const RECORD_CAPACITY: usize = 1024;
+/// The spool's folder inside Asterisk's spool folder (astspooldir).
+const SPOOL_SUBDIR: &str = "cdr_kafka";
 
 fn current() -> Option<Arc<Running>> {
     RUNNING.read().ok().and_then(|running| running.clone())
@@ -59,12 +87,69 @@ fn read_settings(identity: &Identity) -> Result<Settings, ConfigError> {
     })
 }
 
+fn spool_settings(settings: &Settings, identity: &Identity) -> SpoolSettings {
+    let options = &settings.spool;
+    SpoolSettings {
+        dir: options
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&identity.spool_dir).join(SPOOL_SUBDIR)),
+        sync: options.sync,
+        sync_interval: options.sync_interval,
+        max_bytes: options.max_bytes,
+    }
+}
+
+fn spool_error(error: SpoolError) -> ConfigError {
+    ConfigError::Spool {
+        message: error.to_string(),
+    }
+}
+
 impl Running {
+    /// Opens the spool (recovering what an earlier run left) and starts the producer
+    /// feeding from it: what load does once the files are read.
+    pub fn start(settings: Settings, identity: Identity) -> Result<Self, ConfigError> {
+        let spool = Spool::open(spool_settings(&settings, &identity)).map_err(spool_error)?;
+        let recovery = &spool.recovery;
+        if recovery.records > 0 || recovery.torn_tails > 0 || recovery.damaged > 0 {
+            ast_log!(
+                Notice,
+                "spool {}: {} undelivered record(s) from an earlier run will be delivered now; \
+                 {} torn tail(s) cut off, {} damaged entr(ies) skipped",
+                spool.settings().dir.display(),
+                recovery.records,
+                recovery.torn_tails,
+                recovery.damaged
+            );
+        }
+        let stats = Arc::new(Stats::default());
+        // Recovered records may have reached the broker before a crash.
+        stats
+            .duplicates_possible
+            .fetch_add(recovery.records, Ordering::Relaxed);
+        let spool = Arc::new(spool);
+        let publisher = Publisher::start(&settings.kafka, Arc::clone(&spool), Arc::clone(&stats))?;
+        publisher.set_flush_timeout(settings.flush_timeout);
+        publisher.run()?;
+        let record_ids = Arc::new(RecordIds::new(&identity));
+        Ok(Self::new(
+            settings,
+            identity,
+            Arc::new(publisher),
+            spool,
+            stats,
+            record_ids,
+        ))
+    }
+
     fn new(
         settings: Settings,
         identity: Identity,
         publisher: Arc<Publisher>,
+        spool: Arc<Spool>,
         stats: Arc<Stats>,
+        record_ids: Arc<RecordIds>,
     ) -> Self {
         let encode = EncodeOptions {
             loguniqueid: settings.loguniqueid,
@@ -78,35 +163,31 @@ impl Running {
             identity,
             encode,
             publisher,
+            spool,
             stats,
+            record_ids,
             started: SystemTime::now(),
         }
     }
 
-    /// Starts a producer for `settings`: what load does once the files are read.
-    pub fn start(settings: Settings, identity: Identity) -> Result<Self, ConfigError> {
-        let stats = Arc::new(Stats::default());
-        let publisher = Arc::new(Publisher::start(&settings.kafka, Arc::clone(&stats))?);
-        Ok(Self::new(settings, identity, publisher, stats))
-    }
-
-    /// Records handed over and not yet delivered or failed.
+    /// Records handed to librdkafka and not yet delivered or failed.
     pub fn in_flight(&self) -> u64 {
         self.publisher.in_flight()
     }
 
-    /// Flushes (up to `flush_timeout_ms`) and stops the producer; returns how many
-    /// records were still undelivered.
+    /// Stops the producer after waiting up to `flush_timeout_ms` for records in flight;
+    /// returns how many were still unconfirmed (they stay in the spool).
     pub fn shutdown(self) -> u64 {
         let flush_timeout = self.settings.flush_timeout;
         match Arc::try_unwrap(self.publisher) {
             Ok(publisher) => publisher.shutdown(flush_timeout),
+            // Still serving the configuration that replaced this one.
             Err(_) => 0,
         }
     }
 
-    /// Encodes one CDR and hands it to the producer.
-    pub fn publish(&self, cdr: &Cdr<'_>) -> Result<(), SendError> {
+    /// Encodes one CDR and appends it to the spool; the feeder takes it from there.
+    pub fn publish(&self, cdr: &Cdr<'_>) -> Result<(), SpoolError> {
         Stats::add(&self.stats.received);
         let mut payload = Vec::with_capacity(RECORD_CAPACITY);
         let report = record::encode(cdr, &self.encode, &mut payload);
@@ -120,76 +201,72 @@ impl Running {
                 );
             }
         }
-        let key = self.settings.key.map(|field| field.key(cdr));
-        let result = self.publisher.send(
-            &self.settings.topic,
-            key.as_deref(),
-            &payload,
-            self.headers(),
-        );
-        match &result {
-            Ok(()) => Stats::add(&self.stats.queued),
+        let record_id = self.record_ids.next();
+        let record = SpoolRecord {
+            headers: self.headers(&record_id),
+            record_id,
+            topic: self.settings.topic.clone(),
+            key: self.settings.key.map(|field| field.key(cdr).into_owned()),
+            payload,
+        };
+        match self.spool.append(&record) {
+            Ok(_) => {
+                Stats::add(&self.stats.spooled);
+                Ok(())
+            }
             Err(error) => {
                 Stats::add(&self.stats.failed);
-                self.stats.set_last_error(error.to_string());
-                if let Some(held) = QUEUE_FULL_LOG.check() {
+                self.stats
+                    .set_last_error(format!("CDR lost: the spool refused it: {error}"));
+                if let Some(held) = SPOOL_REFUSED_LOG.check() {
                     ast_log!(
                         Error,
-                        "a CDR was not handed to Kafka: {error}{}",
+                        "a CDR is lost: the spool refused it: {error}{}",
                         suppressed_note(held)
                     );
                 }
+                Err(error)
             }
         }
-        result
     }
 
-    fn headers(&self) -> OwnedHeaders {
+    /// The contract's headers, plus `record_id`.
+    fn headers(&self, record_id: &str) -> Vec<(String, Vec<u8>)> {
         let identity = &self.identity;
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
             .to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(5).insert(Header {
-            key: "entity_id",
-            value: Some(&identity.entity_id),
-        });
+        let mut headers = Vec::with_capacity(6);
+        let mut add = |name: &str, value: &str| headers.push((name.to_string(), value.into()));
+        add("entity_id", &identity.entity_id);
         if !identity.system_name.is_empty() {
-            headers = headers.insert(Header {
-                key: "system_name",
-                value: Some(&identity.system_name),
-            });
+            add("system_name", &identity.system_name);
         }
+        add("asterisk_version", &identity.asterisk_version);
+        add("timestamp", &timestamp);
+        add("hostname", &identity.hostname);
+        add("record_id", record_id);
         headers
-            .insert(Header {
-                key: "asterisk_version",
-                value: Some(&identity.asterisk_version),
-            })
-            .insert(Header {
-                key: "timestamp",
-                value: Some(&timestamp),
-            })
-            .insert(Header {
-                key: "hostname",
-                value: Some(&identity.hostname),
-            })
     }
 }
 
-/// Reads the configuration and starts the producer. The error is the admin's message.
+/// Reads the configuration, opens the spool and starts the producer. The error is the
+/// admin's message.
 pub fn load() -> Result<(), ConfigError> {
     let identity = Identity::from_host();
     let settings = read_settings(&identity)?;
     let running = Running::start(settings, identity)?;
     ast_log!(
         Notice,
-        "publishing CDRs to Kafka topic '{}' at {}",
+        "publishing CDRs to Kafka topic '{}' at {} (spool {})",
         running.settings.topic,
         running
             .settings
             .kafka
             .get("bootstrap.servers")
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        running.spool.settings().dir.display()
     );
     if let Some(old) = replace(Some(Arc::new(running))) {
         retire(old);
@@ -203,29 +280,55 @@ pub fn reload() -> Result<(), ConfigError> {
         return load();
     };
     let identity = Identity::from_host();
-    let settings = read_settings(&identity)?;
+    let mut settings = read_settings(&identity)?;
+    if settings.spool != old.settings.spool {
+        ast_log!(
+            Warning,
+            "spool_dir, spool_sync, spool_sync_interval_ms and spool_max_bytes take effect at the next module load; the spool in {} goes on",
+            old.spool.settings().dir.display()
+        );
+        settings.spool = old.settings.spool.clone();
+    }
     // Same producer settings: keep the producer, so nothing in flight is disturbed.
-    let publisher = if settings.kafka == old.settings.kafka {
+    let same_producer = settings.kafka == old.settings.kafka;
+    let publisher = if same_producer {
         Arc::clone(&old.publisher)
     } else {
-        Arc::new(Publisher::start(&settings.kafka, Arc::clone(&old.stats))?)
+        Arc::new(Publisher::start(
+            &settings.kafka,
+            Arc::clone(&old.spool),
+            Arc::clone(&old.stats),
+        )?)
     };
-    let stats = Arc::clone(&old.stats);
+    publisher.set_flush_timeout(settings.flush_timeout);
+    let running = Running::new(
+        settings,
+        identity,
+        Arc::clone(&publisher),
+        Arc::clone(&old.spool),
+        Arc::clone(&old.stats),
+        Arc::clone(&old.record_ids),
+    );
     drop(old);
     ast_log!(
         Notice,
         "reloaded: publishing CDRs to Kafka topic '{}' at {}",
-        settings.topic,
-        settings.kafka.get("bootstrap.servers").unwrap_or_default()
+        running.settings.topic,
+        running
+            .settings
+            .kafka
+            .get("bootstrap.servers")
+            .unwrap_or_default()
     );
-    let running = Running::new(settings, identity, publisher, stats);
     if let Some(old) = replace(Some(Arc::new(running))) {
+        // The old producer stops before the new one reads the spool: no record twice.
         retire(old);
     }
-    Ok(())
+    publisher.run()
 }
 
-/// Stops the producer after the glue unregistered the backend.
+/// Stops the producer after the glue unregistered the backend; the spool keeps what
+/// was not confirmed.
 pub fn unload() {
     if let Some(old) = replace(None) {
         retire(old);
@@ -233,15 +336,15 @@ pub fn unload() {
 }
 
 /// Drops a configuration no longer current, on this (non-CDR) thread: waits until no
-/// CDR callback holds it, then flushes its producer unless the new one shares it.
+/// CDR callback holds it, then stops its producer unless the new one shares it.
 fn retire(old: Arc<Running>) {
     let flush_timeout = old.settings.flush_timeout;
-    // A producer still shared with the new configuration is left running by shutdown.
-    let undelivered = wait_until_unshared(old).shutdown();
-    if undelivered > 0 {
+    let unconfirmed = wait_until_unshared(old).shutdown();
+    if unconfirmed > 0 {
         ast_log!(
-            Error,
-            "{undelivered} CDR(s) were still undelivered after flush_timeout_ms = {} and are lost",
+            Warning,
+            "{unconfirmed} CDR(s) were not confirmed by the broker within flush_timeout_ms = {}; \
+             they stay in the spool and are delivered by the next producer",
             flush_timeout.as_millis()
         );
     }
@@ -261,7 +364,7 @@ fn wait_until_unshared(mut running: Arc<Running>) -> Running {
 }
 
 /// Publishes one CDR with the current configuration.
-pub fn log_cdr(cdr: &Cdr<'_>) -> Result<(), SendError> {
+pub fn log_cdr(cdr: &Cdr<'_>) -> Result<(), SpoolError> {
     match current() {
         Some(running) => running.publish(cdr),
         // The glue registers the backend only after a successful load.
@@ -300,6 +403,53 @@ pub fn status_text() -> String {
         ("Delivered", Stats::get(&stats.delivered).to_string()),
         ("Failed", Stats::get(&stats.failed).to_string()),
         ("In flight", running.publisher.in_flight().to_string()),
+        ("Spooled", Stats::get(&stats.spooled).to_string()),
+        ("Spool depth", {
+            let (records, bytes) = running.spool.depth();
+            format!("{records} records, {bytes} bytes")
+        }),
+        (
+            "Oldest undelivered",
+            running.spool.oldest_undelivered_age().map_or_else(
+                || "(none)".to_string(),
+                |age| format!("at most {age} s old"),
+            ),
+        ),
+        ("Replayed", Stats::get(&stats.replayed).to_string()),
+        (
+            "Duplicates possible",
+            Stats::get(&stats.duplicates_possible).to_string(),
+        ),
+        (
+            "Dead-lettered",
+            running
+                .spool
+                .counters
+                .dead_lettered
+                .load(Ordering::Relaxed)
+                .to_string(),
+        ),
+        (
+            "Spool refused",
+            running
+                .spool
+                .counters
+                .refused
+                .load(Ordering::Relaxed)
+                .to_string(),
+        ),
+        (
+            "Producer restarts",
+            Stats::get(&stats.producer_restarts).to_string(),
+        ),
+        (
+            "Spool",
+            format!(
+                "{} (spool_sync = {})",
+                running.spool.settings().dir.display(),
+                running.spool.settings().sync.name()
+            ),
+        ),
     ];
     for (label, last) in [
         ("Last error", stats.last_error()),
@@ -323,7 +473,7 @@ pub fn status_text() -> String {
     }
     let mut text = String::new();
     for (label, value) in lines {
-        text.push_str(&format!("{label:<18}: {value}\n"));
+        text.push_str(&format!("{label:<20}: {value}\n"));
     }
     text
 }

@@ -174,7 +174,12 @@ fn assert_contract_shape(message: &Message, started: u64) {
     );
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(message.header("hostname"), Some(hostname.trim()));
-    assert_eq!(message.headers.len(), 5, "headers: {:?}", message.headers);
+    let record_id = message.header("record_id").expect("record_id header");
+    assert!(
+        record_id.starts_with("001122334455-"),
+        "record_id = {record_id}"
+    );
+    assert_eq!(message.headers.len(), 6, "headers: {:?}", message.headers);
 }
 
 /// The record of the caller's half of a call placed into `exten@cdrk`.
@@ -233,6 +238,15 @@ fn answered_busy_and_unanswered_calls_arrive_as_the_contract_says() {
     for message in &messages {
         assert_contract_shape(message, started);
     }
+    let ids: std::collections::HashSet<&str> = messages
+        .iter()
+        .filter_map(|m| m.header("record_id"))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        messages.len(),
+        "every record has its own record_id"
+    );
 
     let answered = caller_record(&messages, "answered").json();
     assert_eq!(answered["disposition"], "ANSWERED");
@@ -390,22 +404,47 @@ fn unload_then_load_works_and_leaves_nothing_mapped() {
 }
 
 #[test]
-fn unload_with_broker_unreachable_returns_within_the_flush_bound() {
+fn unload_with_broker_unreachable_is_bounded_and_the_next_load_delivers_every_record() {
     let _one = lock();
     let root = Root::from_env();
     let conf = cdr_kafka_conf("127.0.0.1:9", "calls", "flush_timeout_ms = 2000\n");
     let asterisk = start_with_module(&root, &conf);
-    asterisk.originate("flood");
-    asterisk.wait_for_no_channels(WAIT);
+    for _ in 0..3 {
+        asterisk.originate("flood");
+        asterisk.wait_for_no_channels(WAIT);
+    }
+    let received = asterisk.counter("Received");
+    assert!(received >= 3);
     let started = std::time::Instant::now();
     let out = asterisk.rx("module unload cdr_kafka.so");
     let took = started.elapsed();
     assert!(out.contains("Unloaded cdr_kafka.so"), "{out}");
     assert!(took < Duration::from_secs(10), "unload took {took:?}");
-    assert!(asterisk
-        .log()
-        .contains("undelivered after flush_timeout_ms = 2000"));
+    let log = asterisk.log();
+    assert!(
+        log.contains("not confirmed by the broker within flush_timeout_ms = 2000"),
+        "{log}"
+    );
     assert!(!asterisk.module_mapped());
+
+    // The broker is back: the next load delivers what the spool kept, each record once.
+    let tansu = Tansu::start();
+    tansu.create_topic("calls");
+    asterisk.write_config(
+        "cdr_kafka.conf",
+        &cdr_kafka_conf(&tansu.brokers(), "calls", ""),
+    );
+    assert!(asterisk
+        .rx("module load cdr_kafka.so")
+        .contains("Loaded cdr_kafka.so"));
+    let messages = root.consume(&tansu.brokers(), "calls", received, WAIT);
+    assert_eq!(messages.len(), received, "every CDR of before the unload");
+    let ids: std::collections::HashSet<&str> = messages
+        .iter()
+        .filter_map(|m| m.header("record_id"))
+        .collect();
+    assert_eq!(ids.len(), received, "none twice");
+    assert_eq!(asterisk.counter("Replayed"), received);
 }
 
 #[test]

@@ -1,18 +1,19 @@
-//! Delivery against librdkafka's own mock cluster: what reaches the topic (payload, key,
-//! headers), what the counters say, and how faults (broker down, full queue, message
-//! timeout, shutdown while down) are reported.
+//! Delivery against librdkafka's own mock cluster, through the durable spool: what
+//! reaches the topic (payload, key, headers), what the counters say, and that no record
+//! is lost or doubled under faults (broker down, full queue, message timeout, shutdown
+//! and restart while down, permanent and fatal errors).
 //!
-//! Each test starts its own `MockCluster` (its own listeners, dropped with the test), so
-//! the tests run in parallel. Waits are bounded polls of observable state; no sleep
-//! stands in for an assertion.
+//! Each test starts its own `MockCluster` and spool folder, so the tests run in
+//! parallel. Waits are bounded polls of observable state; no sleep stands in for an
+//! assertion.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cdr_kafka::asterisk::host::Identity;
 use cdr_kafka::config::{self, ConfigError, Entry, HostCapabilities, Settings};
 use cdr_kafka::delivery::stats::Stats;
-use cdr_kafka::delivery::SendError;
 use cdr_kafka::module::Running;
 use cdr_kafka::record::{self, Cdr, CdrTime, EncodeOptions};
 use rdkafka::config::ClientConfig;
@@ -20,6 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 const TOPIC: &str = "asterisk_cdr";
@@ -70,13 +72,32 @@ fn no_kafka_conf() -> Result<Vec<Entry>, ConfigError> {
     unreachable!("no connection = is set")
 }
 
-fn identity(system_name: &str) -> Identity {
+/// A spool folder of one test (Asterisk's spool folder stand-in), removed on drop.
+struct SpoolFolder(PathBuf);
+
+impl SpoolFolder {
+    fn new(tag: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("cdr_kafka-mock-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for SpoolFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn identity(system_name: &str, spool: &SpoolFolder) -> Identity {
     Identity {
         entity_id: "00:11:22:33:44:55".into(),
         system_name: system_name.into(),
         asterisk_version: "22.1.0".into(),
         hostname: "pbx-host-01".into(),
         tenant_fields: true,
+        spool_dir: spool.0.display().to_string(),
     }
 }
 
@@ -139,13 +160,38 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// received, spooled, delivered, failed
 fn counters(stats: &Stats) -> [u64; 4] {
     [
         Stats::get(&stats.received),
-        Stats::get(&stats.queued),
+        Stats::get(&stats.spooled),
         Stats::get(&stats.delivered),
         Stats::get(&stats.failed),
     ]
+}
+
+/// How often each `record_id` header value occurs.
+fn record_id_counts(messages: &[OwnedMessage]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for message in messages {
+        let id = header(message, "record_id")
+            .expect("record_id header")
+            .to_string();
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The keys of the messages, in topic order.
+fn keys(messages: &[OwnedMessage]) -> Vec<Vec<u8>> {
+    messages
+        .iter()
+        .map(|message| message.key().expect("key").to_vec())
+        .collect()
+}
+
+fn as_keys(ids: &[String]) -> Vec<Vec<u8>> {
+    ids.iter().map(|id| id.as_bytes().to_vec()).collect()
 }
 
 /// Reads every message of `topic` (one partition) from the beginning. The producer's
@@ -155,11 +201,18 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         .set("bootstrap.servers", brokers)
         .set("group.id", "cdr_kafka-mock-delivery")
         .set("enable.auto.commit", "false")
+        // The mock broker answers each fetch with little: ask often.
+        .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    let (_, high) = consumer
+    let (low, high) = consumer
         .fetch_watermarks(topic, 0, DEADLINE)
         .expect("watermarks");
+    // The mock broker keeps a few thousand messages a partition; the tests stay below.
+    assert_eq!(
+        low, 0,
+        "the mock broker dropped the oldest messages of {topic}"
+    );
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, 0, Offset::Beginning)
@@ -206,14 +259,15 @@ fn records_arrive_with_key_and_headers() {
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("unnamed", 1, 1).expect("create topic");
+    let (spool_a, spool_b) = (SpoolFolder::new("headers-a"), SpoolFolder::new("headers-b"));
     let named = Running::start(
         settings(&brokers, &[("key", "linkedid")]),
-        identity("pbx-01"),
+        identity("pbx-01", &spool_a),
     )
     .expect("producer");
     let unnamed = Running::start(
         settings(&brokers, &[("key", "linkedid"), ("topic", "unnamed")]),
-        identity(""),
+        identity("", &spool_b),
     )
     .expect("producer");
 
@@ -221,13 +275,13 @@ fn records_arrive_with_key_and_headers() {
     let calls: Vec<Cdr<'_>> = ids.iter().map(|id| answered_call(id)).collect();
     let before = unix_seconds();
     for call in &calls {
-        named.publish(call).expect("handed over");
+        named.publish(call).expect("spooled");
     }
-    unnamed.publish(&calls[0]).expect("handed over");
+    unnamed.publish(&calls[0]).expect("spooled");
+    let after = unix_seconds();
     wait_until("every record is delivered", || {
         Stats::get(&named.stats.delivered) == 3 && Stats::get(&unnamed.stats.delivered) == 1
     });
-    let after = unix_seconds();
 
     let messages = consume_all(&brokers, TOPIC);
     assert_eq!(messages.len(), calls.len());
@@ -246,8 +300,15 @@ fn records_arrive_with_key_and_headers() {
             (before..=after).contains(&timestamp),
             "timestamp {timestamp} outside {before}..={after}"
         );
-        assert_eq!(message.headers().map(Headers::count), Some(5));
+        let record_id = header(message, "record_id").expect("record_id header");
+        assert!(record_id.starts_with("001122334455-"), "{record_id}");
+        assert_eq!(message.headers().map(Headers::count), Some(6));
     }
+    assert_eq!(
+        record_id_counts(&messages).len(),
+        3,
+        "record ids are unique"
+    );
     let json: serde_json::Value =
         serde_json::from_slice(messages[0].payload().expect("payload")).expect("JSON");
     assert_eq!(json["linkedid"], "1705312200.0");
@@ -262,32 +323,37 @@ fn records_arrive_with_key_and_headers() {
     );
     assert_eq!(header(message, "system_name"), None);
     assert_eq!(header(message, "entity_id"), Some("00:11:22:33:44:55"));
-    assert_eq!(message.headers().map(Headers::count), Some(4));
+    assert_eq!(message.headers().map(Headers::count), Some(5));
     let json: serde_json::Value =
         serde_json::from_slice(message.payload().expect("payload")).expect("JSON");
     assert!(json.get("SystemName").is_none(), "{json}");
 
     assert_eq!(counters(&named.stats), [3, 3, 3, 0]);
     assert_eq!(counters(&unnamed.stats), [1, 1, 1, 0]);
+    assert_eq!(
+        named.spool.depth().0,
+        0,
+        "delivered records leave the spool"
+    );
     assert_eq!(named.shutdown(), 0);
     assert_eq!(unnamed.shutdown(), 0);
 }
 
 #[test]
-fn broker_down_then_up_within_message_timeout_delivers_everything() {
-    const COUNT: usize = 200;
+fn thousands_of_records_while_the_broker_is_down_all_arrive_once_in_order() {
+    // Within what the mock broker retains; 10,000 go through tansu in e2e_spool.
+    const COUNT: usize = 4_000;
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
+    let spool = SpoolFolder::new("outage");
     let running = Running::start(
         settings(&brokers, &[("key", "linkedid")]),
-        identity("pbx-01"),
+        identity("pbx-01", &spool),
     )
     .expect("producer");
-    // A first record makes the producer connect (and get its idempotent producer id), so the
-    // outage below cuts an established connection.
     running
         .publish(&answered_call("1705312100.0"))
-        .expect("handed over");
+        .expect("spooled");
     wait_until("the first record is delivered", || {
         Stats::get(&running.stats.delivered) == 1
     });
@@ -295,126 +361,251 @@ fn broker_down_then_up_within_message_timeout_delivers_everything() {
     cluster.broker_down(ALL_BROKERS).expect("broker down");
     let ids = linkedids(COUNT);
     for id in &ids {
-        running.publish(&answered_call(id)).expect("handed over");
+        running.publish(&answered_call(id)).expect("spooled");
     }
-    // Nothing can be acknowledged while the broker refuses connections.
-    assert_eq!(
-        counters(&running.stats),
-        [1 + COUNT as u64, 1 + COUNT as u64, 1, 0]
-    );
-    assert_eq!(running.in_flight(), COUNT as u64);
+    assert_eq!(Stats::get(&running.stats.delivered), 1);
+    assert_eq!(running.spool.depth().0, COUNT as u64);
 
     cluster.broker_up(ALL_BROKERS).expect("broker up");
     wait_until("every record is delivered after the outage", || {
         Stats::get(&running.stats.delivered) == 1 + COUNT as u64
     });
-    assert_eq!(Stats::get(&running.stats.failed), 0);
+    assert_eq!(
+        counters(&running.stats),
+        [1 + COUNT as u64, 1 + COUNT as u64, 1 + COUNT as u64, 0]
+    );
 
     let messages = consume_all(&brokers, TOPIC);
     assert_eq!(messages.len(), 1 + COUNT, "no record lost or duplicated");
-    assert_eq!(messages[0].key(), Some(&b"1705312100.0"[..]));
-    let keys: Vec<&[u8]> = messages[1..]
-        .iter()
-        .map(|message| message.key().expect("key"))
-        .collect();
-    let distinct: HashSet<&[u8]> = keys.iter().copied().collect();
-    assert_eq!(distinct.len(), COUNT, "each record exactly once");
-    // Idempotence also keeps the order across librdkafka's retries.
-    let expected: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes()).collect();
-    assert_eq!(keys, expected);
-    assert_eq!(running.shutdown(), 0);
-}
-
-#[test]
-fn full_queue_is_reported_not_hidden() {
-    const QUEUE: u64 = 10;
-    const EXCESS: u64 = 5;
-    let cluster = cluster();
-    cluster.broker_down(ALL_BROKERS).expect("broker down");
-    let running = Running::start(
-        settings(
-            &cluster.bootstrap_servers(),
-            &[("queue_buffering_max_messages", &QUEUE.to_string())],
-        ),
-        identity("pbx-01"),
-    )
-    .expect("producer");
-    let ids = linkedids((QUEUE + EXCESS) as usize);
-    let mut errors_after_refusal = Vec::new();
-    for (index, id) in ids.iter().enumerate() {
-        let result = running.publish(&answered_call(id));
-        if (index as u64) < QUEUE {
-            assert!(result.is_ok(), "record {index}: {result:?}");
-        } else {
-            assert!(
-                matches!(result, Err(SendError::QueueFull)),
-                "record {index}: {result:?}"
-            );
-            errors_after_refusal.push(running.stats.last_error().map(|(error, _)| error));
-        }
-    }
-    assert_eq!(counters(&running.stats), [QUEUE + EXCESS, QUEUE, 0, EXCESS]);
-    // The broker's repeated "all brokers down" must not hide why records were refused.
     assert!(
-        errors_after_refusal.iter().all(|error| error
-            .as_deref()
-            .is_some_and(|e| e.contains("queue is full"))),
-        "last errors right after the refusals: {errors_after_refusal:?}"
+        record_id_counts(&messages).values().all(|&n| n == 1),
+        "none twice"
     );
-    let (last, _) = running.stats.last_error().expect("a last error");
-    assert!(last.contains("queue is full"), "{last}");
-    assert_eq!(running.in_flight(), QUEUE);
-}
-
-#[test]
-fn message_timeout_expiry_counts_failures() {
-    const COUNT: u64 = 5;
-    let cluster = cluster();
-    cluster.broker_down(ALL_BROKERS).expect("broker down");
-    let running = Running::start(
-        settings(
-            &cluster.bootstrap_servers(),
-            &[("message_timeout_ms", "1000")],
-        ),
-        identity("pbx-01"),
-    )
-    .expect("producer");
-
-    for id in linkedids(COUNT as usize) {
-        running.publish(&answered_call(&id)).expect("handed over");
-    }
-    wait_until("every record has timed out", || {
-        Stats::get(&running.stats.failed) == COUNT
-    });
-    assert_eq!(counters(&running.stats), [COUNT, COUNT, 0, COUNT]);
-    wait_until("nothing is left in flight", || running.in_flight() == 0);
+    assert_eq!(keys(&messages[1..]), as_keys(&ids), "spool order kept");
+    assert_eq!(running.spool.depth().0, 0);
     assert_eq!(running.shutdown(), 0);
 }
 
 #[test]
-fn shutdown_with_broker_down_returns_within_flush_timeout() {
-    const COUNT: u64 = 20;
+fn full_librdkafka_queue_leaves_records_in_the_spool_not_on_the_floor() {
+    const QUEUE: u64 = 10;
+    const COUNT: usize = 50;
     let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
     cluster.broker_down(ALL_BROKERS).expect("broker down");
+    let spool = SpoolFolder::new("queue-full");
     let running = Running::start(
         settings(
-            &cluster.bootstrap_servers(),
-            &[("flush_timeout_ms", "1000")],
+            &brokers,
+            &[
+                ("key", "linkedid"),
+                ("queue_buffering_max_messages", &QUEUE.to_string()),
+            ],
         ),
-        identity("pbx-01"),
+        identity("pbx-01", &spool),
     )
     .expect("producer");
-    assert_eq!(running.settings.flush_timeout, Duration::from_millis(1000));
-
-    for id in linkedids(COUNT as usize) {
-        running.publish(&answered_call(&id)).expect("handed over");
+    let ids = linkedids(COUNT);
+    for id in &ids {
+        running
+            .publish(&answered_call(id))
+            .expect("the CDR callback always succeeds");
     }
-    let stats = std::sync::Arc::clone(&running.stats);
+    wait_until("librdkafka's queue is full", || {
+        running.in_flight() == QUEUE
+    });
+    assert_eq!(
+        running.spool.depth().0,
+        COUNT as u64,
+        "the rest waits on disk"
+    );
+    assert_eq!(Stats::get(&running.stats.failed), 0);
+
+    cluster.broker_up(ALL_BROKERS).expect("broker up");
+    wait_until("every record is delivered", || {
+        Stats::get(&running.stats.delivered) == COUNT as u64
+    });
+    let messages = consume_all(&brokers, TOPIC);
+    assert_eq!(
+        keys(&messages),
+        as_keys(&ids),
+        "all of them, once, in order"
+    );
+    assert_eq!(running.shutdown(), 0);
+}
+
+#[test]
+fn records_that_time_out_in_librdkafka_are_tried_again_from_the_spool() {
+    const COUNT: usize = 5;
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    cluster.broker_down(ALL_BROKERS).expect("broker down");
+    let spool = SpoolFolder::new("timeout");
+    let running = Running::start(
+        settings(
+            &brokers,
+            &[("key", "linkedid"), ("message_timeout_ms", "500")],
+        ),
+        identity("pbx-01", &spool),
+    )
+    .expect("producer");
+    let ids = linkedids(COUNT);
+    for id in &ids {
+        running.publish(&answered_call(id)).expect("spooled");
+    }
+    // Long enough for several rounds of timeouts and retries.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(Stats::get(&running.stats.delivered), 0);
+    assert_eq!(
+        running.spool.depth().0,
+        COUNT as u64,
+        "nothing dropped on timeout"
+    );
+
+    cluster.broker_up(ALL_BROKERS).expect("broker up");
+    wait_until("every record is delivered", || {
+        Stats::get(&running.stats.delivered) == COUNT as u64
+    });
+    assert_eq!(Stats::get(&running.stats.failed), 0);
+    let messages = consume_all(&brokers, TOPIC);
+    let counts = record_id_counts(&messages);
+    assert_eq!(counts.len(), COUNT, "every record arrived");
+    assert_eq!(running.shutdown(), 0);
+}
+
+#[test]
+fn shutdown_with_broker_down_is_bounded_and_the_next_start_delivers_everything_once() {
+    const COUNT: usize = 20;
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    cluster.broker_down(ALL_BROKERS).expect("broker down");
+    let spool = SpoolFolder::new("restart");
+    let conf = [("key", "linkedid"), ("flush_timeout_ms", "1000")];
+    let running =
+        Running::start(settings(&brokers, &conf), identity("pbx-01", &spool)).expect("producer");
+    assert_eq!(running.settings.flush_timeout, Duration::from_millis(1000));
+    let ids = linkedids(COUNT);
+    for id in &ids {
+        running.publish(&answered_call(id)).expect("spooled");
+    }
+    wait_until("the feeder handed every record over", || {
+        running.in_flight() == COUNT as u64
+    });
     let started = Instant::now();
-    let undelivered = running.shutdown();
+    let unconfirmed = running.shutdown();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
-    assert_eq!(undelivered, COUNT);
-    // Dropping the producer purges what is left; a reload shares these counters.
-    assert_eq!(counters(&stats), [COUNT, COUNT, 0, COUNT]);
+    assert_eq!(unconfirmed, COUNT as u64);
+
+    cluster.broker_up(ALL_BROKERS).expect("broker up");
+    let restarted =
+        Running::start(settings(&brokers, &conf), identity("pbx-01", &spool)).expect("producer");
+    assert_eq!(restarted.spool.recovery.records, COUNT as u64);
+    wait_until("the spooled records are delivered", || {
+        Stats::get(&restarted.stats.delivered) == COUNT as u64
+    });
+    assert_eq!(Stats::get(&restarted.stats.replayed), COUNT as u64);
+    let messages = consume_all(&brokers, TOPIC);
+    assert_eq!(
+        keys(&messages),
+        as_keys(&ids),
+        "all of them, once, in order"
+    );
+    assert_eq!(restarted.spool.depth().0, 0);
+    assert_eq!(restarted.shutdown(), 0);
+}
+
+#[test]
+fn record_the_broker_refuses_for_good_goes_to_the_dead_letter_file() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let spool = SpoolFolder::new("dead-letter");
+    let running = Running::start(
+        settings(&brokers, &[("key", "linkedid")]),
+        identity("pbx-01", &spool),
+    )
+    .expect("producer");
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    running
+        .publish(&answered_call("refused.1"))
+        .expect("spooled");
+    wait_until("the refused record is dead-lettered", || {
+        Stats::get(&running.stats.failed) == 1
+    });
+    running
+        .publish(&answered_call("accepted.2"))
+        .expect("spooled");
+    wait_until("the next record is delivered", || {
+        Stats::get(&running.stats.delivered) == 1
+    });
+    let dead = std::fs::read_to_string(spool.0.join("cdr_kafka/dead-letter.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(dead.trim()).expect("one JSON line");
+    assert!(
+        line["reason"].as_str().unwrap().contains("too large"),
+        "{line}"
+    );
+    let payload: serde_json::Value =
+        serde_json::from_str(line["payload"].as_str().unwrap()).expect("the record");
+    assert_eq!(payload["linkedid"], "refused.1");
+    assert_eq!(
+        running.spool.depth().0,
+        0,
+        "a dead letter does not block the spool"
+    );
+    let messages = consume_all(&brokers, TOPIC);
+    assert_eq!(keys(&messages), vec![b"accepted.2".to_vec()]);
+    assert_eq!(running.shutdown(), 0);
+}
+
+#[test]
+fn fatal_producer_error_recreates_the_producer_and_loses_nothing() {
+    const COUNT: usize = 20;
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let spool = SpoolFolder::new("fatal");
+    let running = Running::start(
+        settings(&brokers, &[("key", "linkedid")]),
+        identity("pbx-01", &spool),
+    )
+    .expect("producer");
+    running
+        .publish(&answered_call("1705312100.0"))
+        .expect("spooled");
+    wait_until("the first record is delivered", || {
+        Stats::get(&running.stats.delivered) == 1
+    });
+    // An out-of-order sequence is fatal to librdkafka's idempotent producer.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let ids = linkedids(COUNT);
+    for id in &ids {
+        running.publish(&answered_call(id)).expect("spooled");
+    }
+    wait_until("every record is delivered by a new producer", || {
+        Stats::get(&running.stats.delivered) == 1 + COUNT as u64
+    });
+    assert!(Stats::get(&running.stats.producer_restarts) >= 1);
+    let messages = consume_all(&brokers, TOPIC);
+    let counts = record_id_counts(&messages);
+    assert_eq!(counts.len(), 1 + COUNT, "nothing lost");
+    assert_eq!(running.spool.depth().0, 0);
+    assert_eq!(running.shutdown(), 0);
+}
+
+#[test]
+fn second_instance_on_the_same_spool_is_refused() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let spool = SpoolFolder::new("lock");
+    let first =
+        Running::start(settings(&brokers, &[]), identity("pbx-01", &spool)).expect("producer");
+    let second = Running::start(settings(&brokers, &[]), identity("pbx-01", &spool));
+    let error = second.err().expect("the spool is locked").to_string();
+    assert!(error.contains("in use by another cdr_kafka"), "{error}");
+    assert_eq!(first.shutdown(), 0);
 }

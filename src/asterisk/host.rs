@@ -106,6 +106,8 @@ pub struct Identity {
     pub asterisk_version: String,
     pub hostname: String,
     pub tenant_fields: bool,
+    /// Asterisk's spool folder (astspooldir).
+    pub spool_dir: String,
 }
 
 impl Identity {
@@ -119,6 +121,7 @@ impl Identity {
             asterisk_version: host_str(host.asterisk_version),
             hostname: host_str(host.hostname),
             tenant_fields: host.has_tenant_fields != 0,
+            spool_dir: host_str(host.spool_dir),
         }
     }
 }

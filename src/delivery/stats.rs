@@ -10,12 +10,21 @@ use std::time::SystemTime;
 pub struct Stats {
     /// CDRs Asterisk handed to the backend.
     pub received: AtomicU64,
-    /// Records librdkafka accepted into its queue.
+    /// Records the feeder handed to librdkafka (again after a replay).
     pub queued: AtomicU64,
     /// Records the broker acknowledged.
     pub delivered: AtomicU64,
-    /// Records refused at hand-off or reported undeliverable.
+    /// Records refused by the spool or the broker for good (dead-lettered).
     pub failed: AtomicU64,
+    /// Records appended to the spool.
+    pub spooled: AtomicU64,
+    /// Records of an earlier run produced again.
+    pub replayed: AtomicU64,
+    /// Records produced again whose earlier delivery is unknown (consumers deduplicate
+    /// by the `record_id` header).
+    pub duplicates_possible: AtomicU64,
+    /// Producers recreated after a fatal error.
+    pub producer_restarts: AtomicU64,
     last_error: Mutex<Option<(String, SystemTime)>>,
     last_broker_error: Mutex<Option<(String, SystemTime)>>,
 }
