@@ -5,6 +5,7 @@
 #   make samples         install cdr_kafka.conf.sample as cdr_kafka.conf (old one kept as .old)
 #   make demo            broker + Asterisk 22 + the module in a throwaway Debian root; places calls, prints records
 #   make test            every test, including real Asterisk 22 and a real broker
+#   make bench           what the CDR callback costs, per spool_sync policy
 
 CARGO ?= cargo
 DESTDIR ?=
@@ -26,7 +27,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 TEST_ENV = CDR_KAFKA_ROOT=$(SANDBOX_ROOT) CDR_KAFKA_MODULE=$(CURDIR)/target/release/libcdr_kafka.so \
 	CDR_KAFKA_TANSU=$(TANSU) ASTERISK_INCLUDE_DIR=$(SANDBOX_INCLUDE)
 
-.PHONY: all install samples sandbox test demo check clean
+.PHONY: all install samples sandbox test demo bench check clean
 
 all: cdr_kafka.so
 
@@ -62,6 +63,10 @@ test: sandbox
 demo: sandbox
 	$(TEST_ENV) $(CARGO) build --release
 	$(TEST_ENV) $(CARGO) run --quiet --release --example demo
+
+# Figures, not assertions: nothing here fails on a time.
+bench:
+	ASTERISK_INCLUDE_DIR=$(SANDBOX_INCLUDE) $(CARGO) bench --bench callback
 
 check:
 	$(CARGO) fmt --all -- --check
