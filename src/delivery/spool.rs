@@ -203,12 +203,22 @@ struct Writer {
 
 struct State {
     segments: BTreeMap<u32, Segment>,
-    /// Sum of the sizes of the segments on disk.
-    bytes: u64,
     /// Handles to force to disk at the next interval sync.
     unsynced: Vec<File>,
     /// Bumped on each append: readers wait for it to change.
     generation: u64,
+}
+
+impl State {
+    /// Bytes of the segments that still hold undelivered records: what
+    /// `spool_max_bytes` limits (a delivered segment is as good as gone).
+    fn held_bytes(&self) -> u64 {
+        self.segments
+            .values()
+            .filter(|s| s.pending > 0)
+            .map(|s| s.committed)
+            .sum()
+    }
 }
 
 /// The spool of one module instance.
@@ -258,14 +268,9 @@ impl Spool {
         let lock_file = take_lock(&dir)?;
         let (segments, recovery) = recover(&dir)?;
         let first_new_segment = segments.keys().next_back().map_or(1, |last| last + 1);
-        let bytes = segments
-            .values()
-            .map(|s| fs::metadata(&s.path).map_or(0, |m| m.len()))
-            .sum();
         let writer = open_segment(&dir, first_new_segment)?;
         let mut state = State {
             segments,
-            bytes,
             unsynced: Vec::new(),
             generation: 0,
         };
@@ -301,7 +306,8 @@ impl Spool {
         writer.buffer.clear();
         encode_entry(record, index, captured, &mut writer.buffer);
         let length = writer.buffer.len() as u64;
-        if self.settings.max_bytes > 0 && lock(&self.state).bytes + length > self.settings.max_bytes
+        if self.settings.max_bytes > 0
+            && lock(&self.state).held_bytes() + length > self.settings.max_bytes
         {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SpoolError::Full {
@@ -332,7 +338,6 @@ impl Spool {
         let rotate = writer.bytes >= SEGMENT_BYTES;
         {
             let mut state = lock(&self.state);
-            state.bytes += length;
             state.generation += 1;
             if let Some(segment) = state.segments.get_mut(&writer.segment) {
                 segment.committed = writer.bytes;
@@ -564,11 +569,12 @@ impl Spool {
         }
     }
 
-    /// Records appended and not yet acknowledged, and the bytes of their segments.
+    /// Records appended and not yet acknowledged, and the bytes of the segments that
+    /// hold them.
     pub fn depth(&self) -> (u64, u64) {
         let state = lock(&self.state);
         let records = state.segments.values().map(|s| u64::from(s.pending)).sum();
-        (records, state.bytes)
+        (records, state.held_bytes())
     }
 
     /// Age in seconds of the oldest segment holding undelivered records (an upper bound
@@ -620,8 +626,6 @@ fn removable(segments: &BTreeMap<u32, Segment>) -> Vec<u32> {
 
 fn remove_segment(state: &mut State, segment: u32) {
     if let Some(removed) = state.segments.remove(&segment) {
-        let size = fs::metadata(&removed.path).map_or(0, |m| m.len());
-        state.bytes = state.bytes.saturating_sub(size);
         let _ = fs::remove_file(&removed.path);
         let _ = fs::remove_file(removed.path.with_extension("ack"));
     }
@@ -1170,6 +1174,12 @@ mod tests {
         assert!(!results[19]);
         assert!(spool.counters.refused.load(Ordering::Relaxed) > 0);
         assert!(spool.depth().1 <= 500);
+        // Delivered records make room again.
+        let mut cursor = spool.cursor();
+        while let Some((entry, _)) = spool.next(&mut cursor).unwrap() {
+            spool.ack(entry);
+        }
+        assert!(spool.append(&record(99)).is_ok());
     }
 
     #[test]
