@@ -15,7 +15,8 @@ if [ ! -x "$root/usr/sbin/asterisk" ] || [ ! -x "$root/usr/bin/kcat" ]; then
   # Asterisk's files belong to a user id this machine does not map; the tests run it as root.
   chroot "$root" chown -R root:root /etc/asterisk /var/lib/asterisk /var/spool/asterisk \
     /var/log/asterisk /usr/share/asterisk
-  mkdir -p "$root/var/run/asterisk"
+  # The root's var/run is a symlink to /run: create the folder on the root's side of it.
+  mkdir -p "$root/run/asterisk"
   cp -a "$root/etc/asterisk" "$root/etc/asterisk.dist"
 fi
 
