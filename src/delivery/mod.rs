@@ -466,9 +466,14 @@ fn send(shared: &Shared, producer: &KafkaProducer, entry: EntryRef, record: &Spo
         };
         match error {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
-                // The record waits in the spool; the CDR thread is not involved.
-                if shared.stop.load(Ordering::Acquire) || shared.check_fatal.load(Ordering::Acquire)
-                {
+                // The record waits in the spool; the CDR thread is not involved. Give up
+                // on it only to stop, or for a producer that will never send again: the
+                // feeder then rereads the spool from its oldest unacknowledged record.
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                if producer.client().fatal_error().is_some() {
+                    shared.check_fatal.store(true, Ordering::Release);
                     return;
                 }
                 std::thread::sleep(QUEUE_FULL_PAUSE);
