@@ -14,6 +14,7 @@ fn main() {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo::rustc-check-cfg=cfg(asterisk_cdr_tenant)");
+    println!("cargo::rustc-check-cfg=cfg(asterisk_cel_tenant)");
 
     let include_dir = PathBuf::from(
         env::var("ASTERISK_INCLUDE_DIR").unwrap_or_else(|_| "/usr/include".to_string()),
@@ -41,6 +42,17 @@ fn main() {
     ) {
         println!("cargo:rustc-cfg=asterisk_cdr_tenant");
         defines.push("CDRK_HAVE_CDR_TENANTID");
+    }
+
+    if probe(
+        &include_dir,
+        &out_dir,
+        "cel_tenant",
+        "#include \"asterisk.h\"\n#include \"asterisk/cel.h\"\n\
+         const char *probe(struct ast_cel_event_record *r) { return r->tenant_id; }\n",
+    ) {
+        println!("cargo:rustc-cfg=asterisk_cel_tenant");
+        defines.push("CDRK_HAVE_CEL_TENANTID");
     }
 
     generate_bindings(&include_dir, &own_include, &out_dir);

@@ -74,6 +74,36 @@ struct cdrk_cdr {
 	const void *variables;
 };
 
+/*
+ * One CEL event, borrowed: the strings of Asterisk's `struct ast_cel_event_record`, valid
+ * only until the CEL callback returns.
+ */
+struct cdrk_cel {
+	const char *eventname;
+	struct cdrk_time eventtime;
+	const char *userdeftype;
+	const char *cid_name;
+	const char *cid_num;
+	const char *cid_ani;
+	const char *cid_rdnis;
+	const char *cid_dnid;
+	const char *exten;
+	const char *context;
+	const char *channame;
+	const char *appname;
+	const char *appdata;
+	const char *accountcode;
+	const char *peeraccount;
+	const char *uniqueid;
+	const char *linkedid;
+	const char *amaflags;
+	const char *userfield;
+	const char *peer;
+	/* NULL when the Asterisk built against has no tenant in CEL records. */
+	const char *tenantid;
+	const char *extra;
+};
+
 /* What the glue hands the Rust module at load. Static for the life of the module image. */
 struct cdrk_host {
 	void (*log)(enum cdrk_log_level level, const char *file, int line, const char *function,
@@ -92,6 +122,9 @@ struct cdrk_host {
 	const char *spool_dir;
 	/* 1 when `struct ast_cdr` has tenantid/peertenantid. */
 	int has_tenant_fields;
+	/* Registers / unregisters the CEL backend; 0 on success. */
+	int (*cel_register)(void);
+	int (*cel_unregister)(void);
 };
 
 /* Rust entry points, called by the glue. Each returns 0 on success. */
@@ -99,6 +132,7 @@ int cdr_kafka_load(const struct cdrk_host *host);
 int cdr_kafka_reload(void);
 int cdr_kafka_unload(void);
 int cdr_kafka_log_cdr(const struct cdrk_cdr *cdr);
+int cdr_kafka_log_cel(const struct cdrk_cel *cel);
 /* A status report for the CLI; free it with cdr_kafka_free_text. */
 char *cdr_kafka_status_text(void);
 void cdr_kafka_free_text(char *text);

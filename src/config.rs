@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::cel::{CelKey, EVENT_NAMES};
 use crate::delivery::spool::SyncPolicy;
 use crate::record::KeyField;
 
@@ -16,6 +17,7 @@ pub const CONFIG_FILE: &str = "cdr_kafka.conf";
 /// res_kafka's file, read for `connection = NAME`.
 pub const KAFKA_CONFIG_FILE: &str = "kafka.conf";
 const GLOBAL: &str = "global";
+const CEL: &str = "cel";
 /// Options passed to librdkafka unchanged: `rdkafka.<property> = value`.
 const PASSTHROUGH_PREFIX: &str = "rdkafka.";
 /// What the status output and error messages show instead of a secret.
@@ -93,6 +95,17 @@ pub const OPTIONS: &[OptionDoc] = &[
     option("rdkafka.<property>", "", None, "Any other librdkafka property, passed unchanged (e.g. `rdkafka.socket.keepalive.enable = true`)."),
 ];
 
+pub const DEFAULT_CEL_TOPIC: &str = "asterisk_cel";
+
+/// Every option of `[cel]`, in documentation order.
+pub const CEL_OPTIONS: &[OptionDoc] = &[
+    option("enabled", "no", None, "Publish CEL channel events too (a CEL backend is registered only when yes; reload switches it)."),
+    option("topic", DEFAULT_CEL_TOPIC, None, "Kafka topic the CEL events are published to."),
+    option("key", "linkedid", None, "CEL field whose value is the message key: linkedid, uniqueid, channame, accountcode, peeraccount, cid_num, exten, context, tenantid. Empty: no key. linkedid keeps one call's events in one partition, in order."),
+    option("events", "", None, "Comma-separated CEL event names to publish (e.g. CHAN_START,HANGUP,LINKEDID_END). Empty: every event Asterisk's cel.conf enables."),
+    option("usegmtime", "no", None, "Write eventtime in UTC (`+0000`) instead of Asterisk's local time zone."),
+];
+
 /// Settings of the producer, as librdkafka property names and values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KafkaSettings {
@@ -136,6 +149,25 @@ pub struct Settings {
     pub connection: Option<String>,
     pub kafka: KafkaSettings,
     pub spool: SpoolOptions,
+    pub cel: CelSettings,
+}
+
+/// The `[cel]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CelSettings {
+    pub enabled: bool,
+    pub topic: String,
+    pub key: Option<CelKey>,
+    /// Event names to publish; empty: all that Asterisk sends.
+    pub events: Vec<String>,
+    pub usegmtime: bool,
+}
+
+impl CelSettings {
+    /// Whether events named `name` are published.
+    pub fn wants(&self, name: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|event| event == name)
+    }
 }
 
 /// The spool's options; `dir` None: inside Asterisk's spool folder.
@@ -151,25 +183,25 @@ pub struct SpoolOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     /// The file does not exist in Asterisk's config folder.
-    Missing { file: String },
+    Missing { file: &'static str },
     /// Asterisk's config engine could not parse the file.
-    Unparsable { file: String },
+    Unparsable { file: &'static str },
     /// A section this module does not know.
     UnknownSection {
-        file: String,
+        file: &'static str,
         section: String,
         line: i32,
     },
     /// An option this module does not know.
     UnknownOption {
-        file: String,
+        file: &'static str,
         section: String,
         name: String,
         line: i32,
     },
     /// A known option with a value it cannot take.
     BadValue {
-        file: String,
+        file: &'static str,
         section: String,
         name: String,
         value: String,
@@ -177,7 +209,7 @@ pub enum ConfigError {
         expected: String,
     },
     /// Neither `brokers` nor `connection` says where Kafka is.
-    NoBrokers { file: String },
+    NoBrokers { file: &'static str },
     /// An option another option's value makes necessary is not set.
     MissingOption {
         name: &'static str,
@@ -208,7 +240,7 @@ impl fmt::Display for ConfigError {
                 line,
             } => write!(
                 f,
-                "{file} [{section}] (line {line}): unknown section (cdr_kafka.conf has only [global])"
+                "{file} [{section}] (line {line}): unknown section (cdr_kafka.conf has [global] and [cel])"
             ),
             Self::UnknownOption {
                 file,
@@ -264,7 +296,8 @@ fn parse_bool(value: &str) -> Option<bool> {
 /// What the host Asterisk offers that validation depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct HostCapabilities {
-    /// `struct ast_cdr` has tenantid/peertenantid.
+    /// `struct ast_cdr` has tenantid/peertenantid, and CEL records a tenant id: the
+    /// multi-tenant change brought both.
     pub tenant_fields: bool,
 }
 
@@ -290,12 +323,23 @@ pub fn parse(
             sync_interval: Duration::from_millis(1000),
             max_bytes: 0,
         },
+        cel: CelSettings {
+            enabled: false,
+            topic: DEFAULT_CEL_TOPIC.to_string(),
+            key: Some(CelKey::Linkedid),
+            events: Vec::new(),
+            usegmtime: false,
+        },
     };
     let mut producer_entries: Vec<&Entry> = Vec::new();
     for entry in entries {
+        if entry.section == CEL {
+            parse_cel_option(&mut settings.cel, entry, host)?;
+            continue;
+        }
         if entry.section != GLOBAL {
             return Err(ConfigError::UnknownSection {
-                file: CONFIG_FILE.into(),
+                file: CONFIG_FILE,
                 section: entry.section.clone(),
                 line: entry.line,
             });
@@ -381,9 +425,7 @@ pub fn parse(
         .get("bootstrap.servers")
         .is_none_or(|brokers| brokers.trim().is_empty())
     {
-        return Err(ConfigError::NoBrokers {
-            file: CONFIG_FILE.into(),
-        });
+        return Err(ConfigError::NoBrokers { file: CONFIG_FILE });
     }
     let sasl = properties
         .get("security.protocol")
@@ -408,14 +450,14 @@ pub fn parse(
     Ok(settings)
 }
 
-fn bad_value(file: &str, entry: &Entry, expected: &str) -> ConfigError {
+fn bad_value(file: &'static str, entry: &Entry, expected: &str) -> ConfigError {
     let option = OPTIONS.iter().find(|o| o.name == entry.name);
     let secret = option
         .and_then(|o| o.librdkafka)
         .or_else(|| entry.name.strip_prefix(PASSTHROUGH_PREFIX))
         .is_some_and(KafkaSettings::is_secret);
     ConfigError::BadValue {
-        file: file.into(),
+        file,
         section: entry.section.clone(),
         name: entry.name.clone(),
         value: if secret {
@@ -428,7 +470,7 @@ fn bad_value(file: &str, entry: &Entry, expected: &str) -> ConfigError {
     }
 }
 
-fn parse_number(entry: &Entry, file: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+fn parse_number(entry: &Entry, file: &'static str, min: u64, max: u64) -> Result<u64, ConfigError> {
     entry
         .value
         .trim()
@@ -442,6 +484,70 @@ fn parse_number(entry: &Entry, file: &str, min: u64, max: u64) -> Result<u64, Co
                 &format!("not a whole number from {min} to {max}"),
             )
         })
+}
+
+fn parse_cel_option(
+    cel: &mut CelSettings,
+    entry: &Entry,
+    host: HostCapabilities,
+) -> Result<(), ConfigError> {
+    let bad = |expected: &str| bad_value(CONFIG_FILE, entry, expected);
+    let flag = || parse_bool(&entry.value).ok_or_else(|| bad("not yes or no"));
+    let value = entry.value.trim();
+    match entry.name.as_str() {
+        "enabled" => cel.enabled = flag()?,
+        "usegmtime" => cel.usegmtime = flag()?,
+        "topic" => {
+            if !valid_topic(value) {
+                return Err(bad(
+                    "not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)",
+                ));
+            }
+            cel.topic = value.to_string();
+        }
+        "key" if value.is_empty() => cel.key = None,
+        "key" => {
+            let key = CelKey::from_name(value).ok_or_else(|| {
+                bad(&format!(
+                    "not a CEL field (use {}, or leave empty for no key)",
+                    CelKey::NAMES.join(", ")
+                ))
+            })?;
+            if key == CelKey::Tenantid && !host.tenant_fields {
+                return Err(bad(
+                    "this Asterisk's CEL records have no tenant (it came with 18.25, 20.10, 21.5 and 22.0)",
+                ));
+            }
+            cel.key = Some(key);
+        }
+        "events" => {
+            let mut events = Vec::new();
+            for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let upper = name.to_ascii_uppercase();
+                if upper == "ALL" {
+                    events.clear();
+                    break;
+                }
+                if !EVENT_NAMES.contains(&upper.as_str()) {
+                    return Err(bad(&format!(
+                        "'{name}' is not a CEL event (use {}, or ALL)",
+                        EVENT_NAMES.join(", ")
+                    )));
+                }
+                events.push(upper);
+            }
+            cel.events = events;
+        }
+        _ => {
+            return Err(ConfigError::UnknownOption {
+                file: CONFIG_FILE,
+                section: entry.section.clone(),
+                name: entry.name.clone(),
+                line: entry.line,
+            })
+        }
+    }
+    Ok(())
 }
 
 fn parse_key(entry: &Entry, host: HostCapabilities) -> Result<Option<KeyField>, ConfigError> {
@@ -488,7 +594,7 @@ fn valid_topic(topic: &str) -> bool {
 /// Sets one producer option (named as in cdr_kafka.conf) as its librdkafka property.
 fn apply_producer_option(
     kafka: &mut KafkaSettings,
-    file: &str,
+    file: &'static str,
     entry: &Entry,
 ) -> Result<(), ConfigError> {
     let value = entry.value.trim();
@@ -524,7 +630,7 @@ fn apply_producer_option(
             return Ok(());
         }
         return Err(ConfigError::UnknownOption {
-            file: file.into(),
+            file,
             section: entry.section.clone(),
             name: entry.name.clone(),
             line: entry.line,
@@ -809,6 +915,54 @@ mod tests {
         // In cdr_kafka.conf the same name is a typo until proven otherwise.
         let text = error_text(&[("brokers", "k:9092"), ("retries", "5")]);
         assert!(text.contains("retries (line 3): unknown option"), "{text}");
+    }
+
+    #[test]
+    fn cel_section_is_read_and_checked() {
+        let mut lines = entries("global", &[("brokers", "k:9092")]);
+        lines.extend(entries(
+            "cel",
+            &[
+                ("enabled", "yes"),
+                ("topic", "cel_events"),
+                ("key", "channame"),
+                ("events", "chan_start, HANGUP,LINKEDID_END"),
+                ("usegmtime", "yes"),
+            ],
+        ));
+        let cel = parse(&lines, TENANT, &mut no_kafka_conf).unwrap().cel;
+        assert!(cel.enabled && cel.usegmtime);
+        assert_eq!(cel.topic, "cel_events");
+        assert_eq!(cel.key, Some(CelKey::Channame));
+        assert_eq!(cel.events, vec!["CHAN_START", "HANGUP", "LINKEDID_END"]);
+        assert!(cel.wants("HANGUP") && !cel.wants("ANSWER"));
+
+        let defaults = parse_global(&[("brokers", "k:9092")]).unwrap().cel;
+        assert!(!defaults.enabled);
+        assert_eq!(defaults.topic, "asterisk_cel");
+        assert_eq!(defaults.key, Some(CelKey::Linkedid));
+        assert!(defaults.wants("DTMF"));
+
+        for (name, value, expected) in [
+            (
+                "events",
+                "CHAN_START,HANGOUT",
+                "'HANGOUT' is not a CEL event",
+            ),
+            ("key", "caller", "not a CEL field"),
+            ("enabled", "maybe", "not yes or no"),
+        ] {
+            let mut lines = entries("global", &[("brokers", "k:9092")]);
+            lines.extend(entries("cel", &[(name, value)]));
+            let text = parse(&lines, TENANT, &mut no_kafka_conf)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.starts_with(&format!("cdr_kafka.conf [cel] {name} = '{value}'")),
+                "{text}"
+            );
+            assert!(text.contains(expected), "{text}");
+        }
     }
 
     #[test]

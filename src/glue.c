@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include "asterisk/cdr.h"
+#include "asterisk/cel.h"
+#include "asterisk/event.h"
 #include "asterisk/channel.h"
 #include "asterisk/chanvars.h"
 #include "asterisk/cli.h"
@@ -90,12 +92,17 @@ static const void *host_variable_next(const void *cursor, const char **name, con
 	return AST_LIST_NEXT(var, entries);
 }
 
+static int host_cel_register(void);
+static int host_cel_unregister(void);
+
 static char entity_id[20];
 static char hostname[256];
 static struct cdrk_host host = {
 	.log = host_log,
 	.config_walk = host_config_walk,
 	.variable_next = host_variable_next,
+	.cel_register = host_cel_register,
+	.cel_unregister = host_cel_unregister,
 	.entity_id = entity_id,
 	.hostname = hostname,
 #ifdef CDRK_HAVE_CDR_TENANTID
@@ -114,6 +121,80 @@ static void fill_time(struct cdrk_time *out, const struct timeval *tv)
 	if (!ast_tvzero(*tv) && ast_localtime(tv, &tm, NULL)) {
 		out->gmtoff = (int32_t) tm.tm_gmtoff;
 	}
+}
+
+#define CEL_BACKEND_NAME "kafka"
+
+/* CEL callbacks running now: unload waits for none before the module may go. */
+static int cel_in_flight;
+static int cel_registered;
+
+static void cel_log(struct ast_event *event)
+{
+	struct ast_cel_event_record record = {
+		.version = AST_CEL_EVENT_RECORD_VERSION,
+	};
+	struct cdrk_cel view;
+
+	ast_atomic_fetchadd_int(&cel_in_flight, +1);
+	if (ast_cel_fill_record(event, &record)) {
+		ast_atomic_fetchadd_int(&cel_in_flight, -1);
+		return;
+	}
+	view = (struct cdrk_cel) {
+		.eventname = record.event_name,
+		.userdeftype = record.user_defined_name,
+		.cid_name = record.caller_id_name,
+		.cid_num = record.caller_id_num,
+		.cid_ani = record.caller_id_ani,
+		.cid_rdnis = record.caller_id_rdnis,
+		.cid_dnid = record.caller_id_dnid,
+		.exten = record.extension,
+		.context = record.context,
+		.channame = record.channel_name,
+		.appname = record.application_name,
+		.appdata = record.application_data,
+		.accountcode = record.account_code,
+		.peeraccount = record.peer_account,
+		.uniqueid = record.unique_id,
+		.linkedid = record.linked_id,
+		.amaflags = ast_channel_amaflags2string(record.amaflag),
+		.userfield = record.user_field,
+		.peer = record.peer,
+#ifdef CDRK_HAVE_CEL_TENANTID
+		.tenantid = S_OR(record.tenant_id, ""),
+#endif
+		.extra = record.extra,
+	};
+	fill_time(&view.eventtime, &record.event_time);
+	cdr_kafka_log_cel(&view);
+	ast_atomic_fetchadd_int(&cel_in_flight, -1);
+}
+
+static int host_cel_register(void)
+{
+	if (cel_registered) {
+		return 0;
+	}
+	if (ast_cel_backend_register(CEL_BACKEND_NAME, cel_log)) {
+		return -1;
+	}
+	cel_registered = 1;
+	return 0;
+}
+
+static int host_cel_unregister(void)
+{
+	if (!cel_registered) {
+		return 0;
+	}
+	ast_cel_backend_unregister(CEL_BACKEND_NAME);
+	cel_registered = 0;
+	/* A callback that started before the unregister finishes before we go on. */
+	while (ast_atomic_fetchadd_int(&cel_in_flight, 0) > 0) {
+		usleep(1000);
+	}
+	return 0;
 }
 
 static int cdr_log(struct ast_cdr *cdr)
@@ -228,6 +309,7 @@ static int load_module(void)
 
 		ast_log(LOG_ERROR, "cdr_kafka: Asterisk refused to register the CDR backend '%s'\n",
 			BACKEND_NAME);
+		host_cel_unregister();
 		run_on_short_thread(&stop);
 		return AST_MODULE_LOAD_DECLINE;
 	}
@@ -238,12 +320,17 @@ static int load_module(void)
 static int unload_module(void)
 {
 	struct rust_call stop = { .function = cdr_kafka_unload };
+	int cel_was_registered = cel_registered;
 
+	host_cel_unregister();
 	/* A suspended backend may be unregistered while CDRs are still active. */
 	ast_cdr_backend_suspend(BACKEND_NAME);
 	if (ast_cdr_unregister(BACKEND_NAME)) {
 		ast_cdr_backend_unsuspend(BACKEND_NAME);
 		ast_log(LOG_WARNING, "cdr_kafka: Asterisk refused to unregister the CDR backend; still running\n");
+		if (cel_was_registered) {
+			host_cel_register();
+		}
 		return -1;
 	}
 	ast_cli_unregister_multiple(cli_entries, ARRAY_LEN(cli_entries));

@@ -7,6 +7,7 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod asterisk;
+pub mod cel;
 pub mod config;
 pub mod delivery;
 pub mod module;
@@ -97,6 +98,27 @@ pub unsafe extern "C" fn cdr_kafka_log_cdr(cdr: *const sys::cdrk_cdr) -> c_int {
         // and dropped before then.
         let cdr = unsafe { asterisk::cdr::view(raw) };
         match module::log_cdr(&cdr) {
+            Ok(()) => 0,
+            Err(_) => -1,
+        }
+    })
+}
+
+/// The CEL backend callback: encode, append to the spool, return.
+///
+/// # Safety
+/// `cel` is the glue's view of a CEL event Asterisk owns until this returns.
+#[no_mangle]
+pub unsafe extern "C" fn cdr_kafka_log_cel(cel: *const sys::cdrk_cel) -> c_int {
+    guard(-1, || {
+        // SAFETY: the glue passes a pointer to a view on its stack, valid for this call.
+        let Some(raw) = (unsafe { cel.as_ref() }) else {
+            return -1;
+        };
+        // SAFETY: Asterisk owns the event record until this callback returns; the view is
+        // encoded and dropped before then.
+        let event = unsafe { asterisk::cel::view(raw) };
+        match module::log_cel(&event) {
             Ok(()) => 0,
             Err(_) => -1,
         }

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::asterisk::host::Identity;
+use crate::asterisk::host::{self, Identity};
+use crate::cel::{self, CelEncodeOptions, CelEvent};
 use crate::config::{self, ConfigError, HostCapabilities, Settings, CONFIG_FILE};
 use crate::delivery::spool::{Spool, SpoolError, SpoolRecord, SpoolSettings};
 use crate::delivery::stats::Stats;
@@ -49,6 +50,7 @@ pub struct Running {
     pub settings: Settings,
     pub identity: Identity,
     encode: EncodeOptions,
+    cel_encode: CelEncodeOptions,
     publisher: Arc<Publisher>,
     pub spool: Arc<Spool>,
     pub stats: Arc<Stats>,
@@ -158,10 +160,16 @@ impl Running {
             entity_id: identity.entity_id.clone(),
             system_name: identity.system_name.clone(),
         };
+        let cel_encode = CelEncodeOptions {
+            usegmtime: settings.cel.usegmtime,
+            entity_id: identity.entity_id.clone(),
+            system_name: identity.system_name.clone(),
+        };
         Self {
             settings,
             identity,
             encode,
+            cel_encode,
             publisher,
             spool,
             stats,
@@ -230,6 +238,48 @@ impl Running {
         }
     }
 
+    /// Encodes one CEL event and appends it to the spool, unless `[cel] events`
+    /// leaves it out.
+    pub fn publish_cel(&self, event: &CelEvent<'_>) -> Result<(), SpoolError> {
+        let settings = &self.settings.cel;
+        let name = String::from_utf8_lossy(event.eventname);
+        if !settings.enabled || !settings.wants(&name) {
+            return Ok(());
+        }
+        Stats::add(&self.stats.cel_received);
+        let mut payload = Vec::with_capacity(RECORD_CAPACITY);
+        cel::encode(event, &self.cel_encode, &mut payload);
+        let record_id = self.record_ids.next();
+        let mut headers = self.headers(&record_id);
+        headers.push(("event".to_string(), name.as_bytes().to_vec()));
+        let record = SpoolRecord {
+            headers,
+            record_id,
+            topic: settings.topic.clone(),
+            key: settings.key.map(|field| field.key(event).into_owned()),
+            payload,
+        };
+        match self.spool.append(&record) {
+            Ok(_) => {
+                Stats::add(&self.stats.cel_spooled);
+                Ok(())
+            }
+            Err(error) => {
+                Stats::add(&self.stats.cel_failed);
+                self.stats
+                    .set_last_error(format!("CEL event lost: the spool refused it: {error}"));
+                if let Some(held) = SPOOL_REFUSED_LOG.check() {
+                    ast_log!(
+                        Error,
+                        "a CEL event is lost: the spool refused it: {error}{}",
+                        suppressed_note(held)
+                    );
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// The contract's headers, plus `record_id`.
     fn headers(&self, record_id: &str) -> Vec<(String, Vec<u8>)> {
         let identity = &self.identity;
@@ -268,10 +318,21 @@ pub fn load() -> Result<(), ConfigError> {
             .unwrap_or_default(),
         running.spool.settings().dir.display()
     );
+    let cel_enabled = running.settings.cel.enabled;
     if let Some(old) = replace(Some(Arc::new(running))) {
         retire(old);
     }
+    set_cel_backend(cel_enabled);
     Ok(())
+}
+
+/// Registers or unregisters the CEL backend as `[cel] enabled` says.
+fn set_cel_backend(enabled: bool) {
+    match host::set_cel_backend(enabled) {
+        Ok(()) if enabled => ast_log!(Notice, "publishing CEL events too"),
+        Ok(()) => {}
+        Err(error) => ast_log!(Error, "{error}; CDRs are published, CEL events are not"),
+    }
 }
 
 /// Applies a changed configuration; the running one stays when the new one is invalid.
@@ -320,10 +381,12 @@ pub fn reload() -> Result<(), ConfigError> {
             .get("bootstrap.servers")
             .unwrap_or_default()
     );
+    let cel_enabled = running.settings.cel.enabled;
     if let Some(old) = replace(Some(Arc::new(running))) {
         // The old producer stops before the new one reads the spool: no record twice.
         retire(old);
     }
+    set_cel_backend(cel_enabled);
     publisher.run()
 }
 
@@ -368,6 +431,14 @@ pub fn log_cdr(cdr: &Cdr<'_>) -> Result<(), SpoolError> {
     match current() {
         Some(running) => running.publish(cdr),
         // The glue registers the backend only after a successful load.
+        None => Ok(()),
+    }
+}
+
+/// Publishes one CEL event with the current configuration.
+pub fn log_cel(event: &CelEvent<'_>) -> Result<(), SpoolError> {
+    match current() {
+        Some(running) => running.publish_cel(event),
         None => Ok(()),
     }
 }
@@ -442,6 +513,10 @@ pub fn status_text() -> String {
             "Producer restarts",
             Stats::get(&stats.producer_restarts).to_string(),
         ),
+        ("CEL", cel_status(&settings.cel)),
+        ("CEL received", Stats::get(&stats.cel_received).to_string()),
+        ("CEL spooled", Stats::get(&stats.cel_spooled).to_string()),
+        ("CEL failed", Stats::get(&stats.cel_failed).to_string()),
         (
             "Spool",
             format!(
@@ -476,6 +551,22 @@ pub fn status_text() -> String {
         text.push_str(&format!("{label:<20}: {value}\n"));
     }
     text
+}
+
+fn cel_status(cel: &config::CelSettings) -> String {
+    if !cel.enabled {
+        return "disabled".to_string();
+    }
+    let events = if cel.events.is_empty() {
+        "all".to_string()
+    } else {
+        cel.events.join(",")
+    };
+    format!(
+        "enabled, topic '{}', key {}, events {events}",
+        cel.topic,
+        cel.key.map_or("(none)", |key| key.name())
+    )
 }
 
 fn format_system_time(time: SystemTime) -> String {

@@ -9,12 +9,31 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use cdr_kafka::config::{self, ConfigError, Entry, HostCapabilities, OptionDoc, OPTIONS};
+use cdr_kafka::config::{
+    self, ConfigError, Entry, HostCapabilities, OptionDoc, CEL_OPTIONS, OPTIONS,
+};
 
 const SAMPLE: &str = "cdr_kafka.conf.sample";
 const XML_DOCS: &str = "documentation/cdr_kafka_config-en_US.xml";
 const README: &str = "README.md";
 const README_TABLE_HEADER: &str = "| option | default | what it does |";
+const README_CEL_TABLE_HEADER: &str = "| [cel] option | default | what it does |";
+
+/// The documented options of a section of cdr_kafka.conf.
+fn options_of(section: &str) -> &'static [OptionDoc] {
+    match section {
+        "global" => OPTIONS,
+        "cel" => CEL_OPTIONS,
+        other => panic!("cdr_kafka.conf has no section [{other}]"),
+    }
+}
+
+/// Every option, `[global]`'s then `[cel]`'s, as `section.name`.
+fn all_qualified_names() -> Vec<String> {
+    let global = OPTIONS.iter().map(|o| format!("global.{}", o.name));
+    let cel = CEL_OPTIONS.iter().map(|o| format!("cel.{}", o.name));
+    global.chain(cel).collect()
+}
 
 const HOST: HostCapabilities = HostCapabilities {
     tenant_fields: true,
@@ -29,13 +48,9 @@ fn names(options: &[&OptionDoc]) -> Vec<&'static str> {
     options.iter().map(|o| o.name).collect()
 }
 
-fn all_names() -> Vec<&'static str> {
-    OPTIONS.iter().map(|o| o.name).collect()
-}
-
 /// The option a name belongs to; `rdkafka.<property>` stands for every `rdkafka.X`.
-fn option_for(name: &str) -> Option<&'static OptionDoc> {
-    OPTIONS.iter().find(|o| {
+fn option_for(section: &str, name: &str) -> Option<&'static OptionDoc> {
+    options_of(section).iter().find(|o| {
         o.name == name
             || o.name.strip_suffix("<property>").is_some_and(|prefix| {
                 name.len() > prefix.len() && name.starts_with(prefix) && !name.contains('<')
@@ -148,15 +163,14 @@ fn no_kafka_conf() -> Result<Vec<Entry>, ConfigError> {
 #[test]
 fn sample_shows_every_option_once_with_its_default() {
     let sample = read_sample();
-    let mut shown: Vec<&OptionDoc> = Vec::new();
+    let mut shown: Vec<String> = Vec::new();
     for line in &sample {
-        let option = option_for(&line.name).unwrap_or_else(|| {
+        let option = option_for(&line.section, &line.name).unwrap_or_else(|| {
             panic!(
-                "{SAMPLE} line {}: '{}' is not in OPTIONS",
-                line.line, line.name
+                "{SAMPLE} line {}: '{}' is not an option of [{}]",
+                line.line, line.name, line.section
             )
         });
-        assert_eq!(line.section, "global", "{SAMPLE} line {}", line.line);
         if !option.default.is_empty() {
             assert_eq!(
                 line.value, option.default,
@@ -180,9 +194,9 @@ fn sample_shows_every_option_once_with_its_default() {
                 line.name
             );
         }
-        shown.push(option);
+        shown.push(format!("{}.{}", line.section, option.name));
     }
-    assert_eq!(names(&shown), all_names(), "{SAMPLE}: options, in order");
+    assert_eq!(shown, all_qualified_names(), "{SAMPLE}: options, in order");
 }
 
 #[test]
@@ -208,7 +222,7 @@ fn each_commented_out_line_is_accepted_when_enabled() {
     for enabled in sample.iter().filter(|o| !o.active) {
         let mut entries: Vec<Entry> = active
             .iter()
-            .filter(|o| o.name != enabled.name)
+            .filter(|o| o.name != enabled.name || o.section != enabled.section)
             .map(|o| entry(o))
             .collect();
         entries.push(entry(enabled));
@@ -263,6 +277,18 @@ fn documented_defaults_are_the_defaults_applied() {
         settings.flush_timeout,
         Duration::from_millis(config::DEFAULT_FLUSH_TIMEOUT_MS)
     );
+    let cel = &settings.cel;
+    for option in CEL_OPTIONS {
+        let applied = match option.name {
+            "enabled" => flag(cel.enabled).to_string(),
+            "topic" => cel.topic.clone(),
+            "key" => cel.key.map(|k| k.name().to_string()).unwrap_or_default(),
+            "events" => cel.events.join(","),
+            "usegmtime" => flag(cel.usegmtime).to_string(),
+            other => panic!("[cel] {other}: no default check"),
+        };
+        assert_eq!(applied, option.default, "default of [cel] {}", option.name);
+    }
 }
 
 // ---------------------------------------------------------------- the XML documentation
@@ -324,22 +350,32 @@ fn xml_documents_every_option_with_its_default() {
         "<configInfo name=\"cdr_kafka\" language=\"en_US\">",
         "<configFile name=\"cdr_kafka.conf\">",
         "<configObject name=\"global\">",
+        "<configObject name=\"cel\">",
     ] {
         assert!(xml.contains(expected), "{XML_DOCS} lacks {expected}");
     }
     assert_eq!(
         xml.matches("<configObject ").count(),
-        1,
-        "{XML_DOCS}: cdr_kafka.conf has only [global]"
+        2,
+        "{XML_DOCS}: cdr_kafka.conf has [global] and [cel]"
     );
+    let cel_start = xml.find("<configObject name=\"cel\">").expect("[cel]");
     let documented = read_xml_options(&xml);
-    let documented_names: Vec<&str> = documented.iter().map(|o| o.name.as_str()).collect();
+    let global_count = read_xml_options(&xml[..cel_start]).len();
+    let documented_names: Vec<String> = documented
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let section = if i < global_count { "global" } else { "cel" };
+            format!("{section}.{}", o.name)
+        })
+        .collect();
     assert_eq!(
         documented_names,
-        all_names(),
+        all_qualified_names(),
         "{XML_DOCS}: options, in order"
     );
-    for (xml_option, option) in documented.iter().zip(OPTIONS) {
+    for (xml_option, option) in documented.iter().zip(OPTIONS.iter().chain(CEL_OPTIONS)) {
         let expected_default = (!option.default.is_empty()).then_some(option.default);
         assert_eq!(
             xml_option.default.as_deref(),
@@ -366,10 +402,10 @@ fn xml_documents_every_option_with_its_default() {
 
 // ---------------------------------------------------------------- the README table
 
-/// The README table as it must read, generated from OPTIONS.
-fn expected_readme_table() -> String {
-    let mut table = format!("{README_TABLE_HEADER}\n|---|---|---|\n");
-    for option in OPTIONS {
+/// A README table as it must read, generated from the section's options.
+fn expected_readme_table(header: &str, options: &[OptionDoc]) -> String {
+    let mut table = format!("{header}\n|---|---|---|\n");
+    for option in options {
         table.push_str(&format!(
             "| `{}` | {} | {} |\n",
             option.name, option.default, option.summary
@@ -385,17 +421,13 @@ fn cell(text: &str) -> &str {
         .unwrap_or(text)
 }
 
-#[test]
-fn readme_table_lists_every_option_with_its_default() {
+fn check_readme_table(readme: &str, header: &str, options: &[OptionDoc]) {
     let help = format!(
-        "{README} needs this option table (generated from OPTIONS):\n\n{}",
-        expected_readme_table()
+        "{README} needs this option table (generated from the module's list):\n\n{}",
+        expected_readme_table(header, options)
     );
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(README);
-    let readme =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}. {help}", path.display()));
-    let Some(start) = readme.find(README_TABLE_HEADER) else {
-        panic!("{README} has no line '{README_TABLE_HEADER}'. {help}");
+    let Some(start) = readme.find(header) else {
+        panic!("{README} has no line '{header}'. {help}");
     };
     let rows: Vec<&str> = readme[start..]
         .lines()
@@ -413,10 +445,10 @@ fn readme_table_lists_every_option_with_its_default() {
             .collect();
         assert_eq!(cells.len(), 3, "{README}: not 3 cells: {row}. {help}");
         let name = cell(cells[0]);
-        let option = OPTIONS
+        let option = options
             .iter()
             .find(|o| o.name == name)
-            .unwrap_or_else(|| panic!("{README}: '{name}' is not in OPTIONS. {help}"));
+            .unwrap_or_else(|| panic!("{README}: '{name}' is not documented here. {help}"));
         assert_eq!(
             cell(cells[1]),
             option.default,
@@ -429,9 +461,18 @@ fn readme_table_lists_every_option_with_its_default() {
         );
         documented.push(option);
     }
+    let expected: Vec<&OptionDoc> = options.iter().collect();
     assert_eq!(
         names(&documented),
-        all_names(),
+        names(&expected),
         "{README}: options, in order. {help}"
     );
+}
+
+#[test]
+fn readme_tables_list_every_option_with_its_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(README);
+    let readme = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    check_readme_table(&readme, README_TABLE_HEADER, OPTIONS);
+    check_readme_table(&readme, README_CEL_TABLE_HEADER, CEL_OPTIONS);
 }

@@ -9,11 +9,9 @@ use crate::config::{ConfigError, Entry};
 use crate::sys;
 
 /// Every `name = value` of `filename`, in file order.
-pub fn read(filename: &str) -> Result<Vec<Entry>, ConfigError> {
+pub fn read(filename: &'static str) -> Result<Vec<Entry>, ConfigError> {
     let Some(walk) = table().and_then(|host| host.config_walk) else {
-        return Err(ConfigError::Unparsable {
-            file: filename.into(),
-        });
+        return Err(ConfigError::Unparsable { file: filename });
     };
     let mut entries: Vec<Entry> = Vec::new();
     let name = c_string(filename);
@@ -28,12 +26,12 @@ pub fn read(filename: &str) -> Result<Vec<Entry>, ConfigError> {
     };
     match status {
         sys::cdrk_config_status::CDRK_CONFIG_OK => Ok(entries),
-        sys::cdrk_config_status::CDRK_CONFIG_MISSING => Err(ConfigError::Missing {
-            file: filename.into(),
-        }),
-        sys::cdrk_config_status::CDRK_CONFIG_INVALID => Err(ConfigError::Unparsable {
-            file: filename.into(),
-        }),
+        sys::cdrk_config_status::CDRK_CONFIG_MISSING => {
+            Err(ConfigError::Missing { file: filename })
+        }
+        sys::cdrk_config_status::CDRK_CONFIG_INVALID => {
+            Err(ConfigError::Unparsable { file: filename })
+        }
     }
 }
 

@@ -84,6 +84,25 @@ pub fn log(level: Level, file: &str, line: u32, function: &str, message: &str) {
     };
 }
 
+/// Registers (or unregisters) the CEL backend with Asterisk. Without Asterisk (tests)
+/// there is nothing to register with, and that is no error.
+pub fn set_cel_backend(enabled: bool) -> Result<(), String> {
+    let Some(host) = table() else {
+        return Ok(());
+    };
+    let call = if enabled {
+        host.cel_register
+    } else {
+        host.cel_unregister
+    };
+    // SAFETY: the glue's functions take no arguments and only touch its own statics and
+    // Asterisk's CEL backend list.
+    match call.map(|call| unsafe { call() }) {
+        Some(0) | None => Ok(()),
+        Some(_) => Err("Asterisk refused to register the CEL backend (is CEL built in?)".into()),
+    }
+}
+
 /// Logs through Asterisk with this source location: `ast_log!(Warning, "x {}", y)`.
 #[macro_export]
 macro_rules! ast_log {

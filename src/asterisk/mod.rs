@@ -2,5 +2,6 @@
 //! points in lib.rs touch raw pointers.
 
 pub mod cdr;
+pub mod cel;
 pub mod config;
 pub mod host;

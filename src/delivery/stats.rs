@@ -23,6 +23,12 @@ pub struct Stats {
     /// Records produced again whose earlier delivery is unknown (consumers deduplicate
     /// by the `record_id` header).
     pub duplicates_possible: AtomicU64,
+    /// CEL events Asterisk handed over (after the `events` filter).
+    pub cel_received: AtomicU64,
+    /// CEL events appended to the spool.
+    pub cel_spooled: AtomicU64,
+    /// CEL events the spool refused.
+    pub cel_failed: AtomicU64,
     /// Producers recreated after a fatal error.
     pub producer_restarts: AtomicU64,
     last_error: Mutex<Option<(String, SystemTime)>>,

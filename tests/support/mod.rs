@@ -561,6 +561,15 @@ load => bridge_simple.so
 load => res_clioriginate.so
 load => app_while.so
 load => app_forkcdr.so
+load => app_celgenuserevent.so
+";
+
+/// CEL on for every event type, and APP_START/APP_END for the applications the calls
+/// use (what the module publishes is then `[cel]`'s choice).
+pub const CEL_CONF: &str = "[general]
+enable = yes
+apps = dial,wait,busy
+events = ALL
 ";
 
 pub const CDR_CONF: &str = "[general]
@@ -596,6 +605,9 @@ exten => noanswer,1,Set(CALLERID(num)=102)
  same => n,Dial(Local/noanswer@cdrk-callee,1)
  same => n,Hangup()
 exten => flood,1,Answer()
+ same => n,Hangup()
+exten => userevent,1,Answer()
+ same => n,CELGenUserEvent(billing_mark,campaign 42)
  same => n,Hangup()
 exten => _cdrs.,1,Set(forks=$[${EXTEN:4} - 2])
  same => n,GotoIf($[${forks} < 0]?one)
@@ -655,6 +667,7 @@ impl<'r> Asterisk<'r> {
             ("modules.conf", modules_conf.as_str()),
             ("cdr.conf", CDR_CONF),
             ("logger.conf", LOGGER_CONF),
+            ("cel.conf", CEL_CONF),
             ("cdr_kafka.conf", cdr_kafka_conf),
         ] {
             fs::write(etc.join(name), text).expect("write Asterisk config");
