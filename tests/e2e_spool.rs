@@ -128,14 +128,20 @@ fn torn_tail_and_flipped_bit_are_reported_and_the_rest_is_delivered() {
 fn unusable_spool_folder_declines_the_load_with_the_reason() {
     let root = Root::from_env();
     let _one = lock(&root);
-    let conf = cdr_kafka_conf(NO_BROKER, "calls", "spool_dir = /etc/hostname\n");
+    let conf = cdr_kafka_conf(
+        NO_BROKER,
+        "calls",
+        "spool_dir = /etc/asterisk/asterisk.conf\n",
+    );
     let asterisk = Asterisk::start(&root, &conf, TZ);
     assert!(!asterisk
         .rx("module load cdr_kafka.so")
         .contains("Loaded cdr_kafka.so"));
     let log = asterisk.log();
     assert!(
-        log.contains("spool: spool folder /etc/hostname is a symlink or not a folder"),
+        log.contains(
+            "spool: spool folder /etc/asterisk/asterisk.conf is a symlink or not a folder"
+        ),
         "{log}"
     );
 
