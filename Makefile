@@ -27,7 +27,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 TEST_ENV = CDR_KAFKA_ROOT=$(SANDBOX_ROOT) CDR_KAFKA_MODULE=$(CURDIR)/target/release/libcdr_kafka.so \
 	CDR_KAFKA_TANSU=$(TANSU) ASTERISK_INCLUDE_DIR=$(SANDBOX_INCLUDE)
 
-.PHONY: all install samples sandbox test demo bench check clean
+.PHONY: all install samples sandbox test demo bench check check-versions clean
 
 all: cdr_kafka.so
 
@@ -67,6 +67,17 @@ demo: sandbox
 # Figures, not assertions: nothing here fails on a time.
 bench:
 	ASTERISK_INCLUDE_DIR=$(SANDBOX_INCLUDE) $(CARGO) bench --bench callback
+
+# Builds the module against the installed headers of every Asterisk release line in
+# ASTERISK_HEADERS (folders holding asterisk.h and asterisk/) and runs the unit tests of
+# each build. librdkafka does not depend on the headers: it is built once.
+ASTERISK_HEADERS ?= ../shared/asterisk-headers
+check-versions:
+	@set -e; for dir in $(ASTERISK_HEADERS)/*/; do \
+		echo "== Asterisk headers $$dir"; \
+		ASTERISK_INCLUDE_DIR=$$dir $(CARGO) build --release --lib --quiet; \
+		ASTERISK_INCLUDE_DIR=$$dir $(CARGO) test --release --lib --quiet 2>&1 | tail -n 2; \
+	done
 
 check:
 	$(CARGO) fmt --all -- --check
