@@ -12,7 +12,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::record::{format_time, CdrTime};
+use crate::record::{CdrTime, TimeText};
 
 /// One CEL event, borrowed from Asterisk for the length of the CEL callback.
 #[derive(Debug, Clone, Default)]
@@ -182,7 +182,7 @@ impl Serialize for Event<'_, '_> {
         map.serialize_entry("eventname", &Text(event.eventname))?;
         map.serialize_entry(
             "eventtime",
-            &format_time(event.eventtime, options.usegmtime),
+            TimeText::new(event.eventtime, options.usegmtime).as_str(),
         )?;
         map.serialize_entry("userdeftype", &Text(event.userdeftype))?;
         map.serialize_entry("cid_name", &Text(event.cid_name))?;
@@ -255,7 +255,8 @@ mod tests {
             linkedid: b"1768483800.1",
             amaflags: b"DOCUMENTATION",
             tenantid: Some(b""),
-            extra: br#"{"hangupcause":16,"hangupsource":"PJSIP/200-00000002","dialstatus":"ANSWER"}"#,
+            extra:
+                br#"{"hangupcause":16,"hangupsource":"PJSIP/200-00000002","dialstatus":"ANSWER"}"#,
             ..CelEvent::default()
         }
     }
@@ -291,8 +292,7 @@ mod tests {
                 extra: raw,
                 ..hangup()
             };
-            let json: Value =
-                serde_json::from_str(&encode_to_string(&event, &options())).unwrap();
+            let json: Value = serde_json::from_str(&encode_to_string(&event, &options())).unwrap();
             assert_eq!(json["extra"], serde_json::json!({}));
             assert_eq!(json["extra_raw"], String::from_utf8_lossy(raw).as_ref());
         }

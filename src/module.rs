@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::asterisk::host::{self, Identity};
 use crate::cel::{self, CelEncodeOptions, CelEvent};
 use crate::config::{self, ConfigError, HostCapabilities, Settings, CONFIG_FILE};
-use crate::delivery::spool::{Spool, SpoolError, SpoolRecord, SpoolSettings};
+use crate::delivery::spool::{NewRecord, Spool, SpoolError, SpoolSettings};
 use crate::delivery::stats::Stats;
 use crate::delivery::Publisher;
 use crate::ratelimit::{suppressed_note, RateLimit};
@@ -210,14 +210,18 @@ impl Running {
             }
         }
         let record_id = self.record_ids.next();
-        let record = SpoolRecord {
-            headers: self.headers(&record_id),
-            record_id,
-            topic: self.settings.topic.clone(),
-            key: self.settings.key.map(|field| field.key(cdr).into_owned()),
-            payload,
+        let key = self.settings.key.map(|field| field.key(cdr));
+        let timestamp = unix_seconds_text();
+        let mut headers = Headers::default();
+        self.headers(&record_id, &timestamp, &mut headers);
+        let record = NewRecord {
+            record_id: &record_id,
+            topic: &self.settings.topic,
+            key: key.as_deref(),
+            headers: headers.as_slice(),
+            payload: &payload,
         };
-        match self.spool.append(&record) {
+        match self.spool.append_new(&record) {
             Ok(_) => {
                 Stats::add(&self.stats.spooled);
                 Ok(())
@@ -250,16 +254,19 @@ impl Running {
         let mut payload = Vec::with_capacity(RECORD_CAPACITY);
         cel::encode(event, &self.cel_encode, &mut payload);
         let record_id = self.record_ids.next();
-        let mut headers = self.headers(&record_id);
-        headers.push(("event".to_string(), name.as_bytes().to_vec()));
-        let record = SpoolRecord {
-            headers,
-            record_id,
-            topic: settings.topic.clone(),
-            key: settings.key.map(|field| field.key(event).into_owned()),
-            payload,
+        let key = settings.key.map(|field| field.key(event));
+        let timestamp = unix_seconds_text();
+        let mut headers = Headers::default();
+        self.headers(&record_id, &timestamp, &mut headers);
+        headers.push("event", name.as_bytes());
+        let record = NewRecord {
+            record_id: &record_id,
+            topic: &settings.topic,
+            key: key.as_deref(),
+            headers: headers.as_slice(),
+            payload: &payload,
         };
-        match self.spool.append(&record) {
+        match self.spool.append_new(&record) {
             Ok(_) => {
                 Stats::add(&self.stats.cel_spooled);
                 Ok(())
@@ -281,24 +288,45 @@ impl Running {
     }
 
     /// The contract's headers, plus `record_id`.
-    fn headers(&self, record_id: &str) -> Vec<(String, Vec<u8>)> {
+    fn headers<'h>(&'h self, record_id: &'h str, timestamp: &'h str, out: &mut Headers<'h>) {
         let identity = &self.identity;
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .to_string();
-        let mut headers = Vec::with_capacity(6);
-        let mut add = |name: &str, value: &str| headers.push((name.to_string(), value.into()));
-        add("entity_id", &identity.entity_id);
+        out.push("entity_id", identity.entity_id.as_bytes());
         if !identity.system_name.is_empty() {
-            add("system_name", &identity.system_name);
+            out.push("system_name", identity.system_name.as_bytes());
         }
-        add("asterisk_version", &identity.asterisk_version);
-        add("timestamp", &timestamp);
-        add("hostname", &identity.hostname);
-        add("record_id", record_id);
-        headers
+        out.push("asterisk_version", identity.asterisk_version.as_bytes());
+        out.push("timestamp", timestamp.as_bytes());
+        out.push("hostname", identity.hostname.as_bytes());
+        out.push("record_id", record_id.as_bytes());
     }
+}
+
+/// The headers of one message, on the stack (at most 7: the CDR's six and CEL's `event`).
+#[derive(Default)]
+struct Headers<'a> {
+    entries: [(&'a str, &'a [u8]); 7],
+    len: usize,
+}
+
+impl<'a> Headers<'a> {
+    fn push(&mut self, name: &'a str, value: &'a [u8]) {
+        if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = (name, value);
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[(&'a str, &'a [u8])] {
+        &self.entries[..self.len]
+    }
+}
+
+/// Unix seconds now, as the `timestamp` header's text.
+fn unix_seconds_text() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_string()
 }
 
 /// Reads the configuration, opens the spool and starts the producer. The error is the

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, Datelike, Timelike};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
@@ -233,20 +233,52 @@ struct Time {
 
 impl Serialize for Time {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_time(self.time, self.usegmtime))
+        let text = TimeText::new(self.time, self.usegmtime);
+        serializer.serialize_str(text.as_str())
+    }
+}
+
+/// A time in the contract's format, built on the stack: this runs three times per CDR on
+/// Asterisk's CDR thread, where chrono's general formatter cost 15,000 instructions.
+pub struct TimeText([u8; 28]);
+
+impl TimeText {
+    pub fn new(time: CdrTime, usegmtime: bool) -> Self {
+        let offset = if usegmtime { 0 } else { time.gmtoff };
+        let local = DateTime::from_timestamp(time.sec.saturating_add(i64::from(offset)), 0)
+            .unwrap_or_default()
+            .naive_utc();
+        let millis = (time.usec.clamp(0, 999_999) / 1000) as u32;
+        let mut text = *b"0000-00-00T00:00:00.000+0000";
+        let mut put = |at: usize, width: usize, mut value: u32| {
+            for index in (at..at + width).rev() {
+                text[index] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, local.year().clamp(0, 9999) as u32);
+        put(5, 2, local.month());
+        put(8, 2, local.day());
+        put(11, 2, local.hour());
+        put(14, 2, local.minute());
+        put(17, 2, local.second());
+        put(20, 3, millis);
+        let minutes = offset.unsigned_abs() / 60;
+        put(24, 2, (minutes / 60).min(99));
+        put(26, 2, minutes % 60);
+        text[23] = if offset >= 0 { b'+' } else { b'-' };
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 /// Formats like Asterisk's `ast_json_timeval`: local time, milliseconds, numeric offset.
 pub fn format_time(time: CdrTime, usegmtime: bool) -> String {
-    let offset_seconds = if usegmtime { 0 } else { time.gmtoff };
-    let offset = FixedOffset::east_opt(offset_seconds)
-        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
-    let nanos = (time.usec.clamp(0, 999_999) as u32) * 1_000;
-    let utc = DateTime::from_timestamp(time.sec, nanos).unwrap_or_default();
-    utc.with_timezone(&offset)
-        .format("%Y-%m-%dT%H:%M:%S%.3f%z")
-        .to_string()
+    TimeText::new(time, usegmtime).as_str().to_string()
 }
 
 impl Serialize for Record<'_, '_> {
@@ -427,6 +459,27 @@ mod tests {
             gmtoff: 5 * 3600 + 1800,
         };
         assert_eq!(format_time(time, false), "2026-01-15T19:00:00.000+0530");
+    }
+
+    #[test]
+    fn times_before_1970_negative_offsets_and_odd_zones_format_like_chrono() {
+        use chrono::FixedOffset;
+        for (sec, usec, gmtoff) in [
+            (0, 0, 0),
+            (-1, 999_999, 3600),
+            (1_768_483_800, 999_000, -(3 * 3600 + 30 * 60)),
+            (4_102_444_799, 1_000, 14 * 3600),
+            (951_782_400, 500_000, -12 * 3600),
+        ] {
+            let time = CdrTime { sec, usec, gmtoff };
+            let offset = FixedOffset::east_opt(gmtoff).unwrap();
+            let expected = DateTime::from_timestamp(sec, (usec * 1000) as u32)
+                .unwrap()
+                .with_timezone(&offset)
+                .format("%Y-%m-%dT%H:%M:%S%.3f%z")
+                .to_string();
+            assert_eq!(format_time(time, false), expected, "{time:?}");
+        }
     }
 
     #[test]

@@ -77,6 +77,17 @@ pub struct SpoolRecord {
     pub payload: Vec<u8>,
 }
 
+/// A record to append, borrowed from the callback that captured it: nothing is copied
+/// but into the spool's write buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    pub record_id: &'a str,
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub headers: &'a [(&'a str, &'a [u8])],
+    pub payload: &'a [u8],
+}
+
 /// Where an entry lives: what the delivery report carries back (as a `usize`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EntryRef {
@@ -299,6 +310,22 @@ impl Spool {
     /// Appends one record (CDR thread): a single write, then the record is durable
     /// against a crash of Asterisk (and against power loss with `spool_sync = always`).
     pub fn append(&self, record: &SpoolRecord) -> Result<EntryRef, SpoolError> {
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect();
+        self.append_new(&NewRecord {
+            record_id: &record.record_id,
+            topic: &record.topic,
+            key: record.key.as_deref(),
+            headers: &headers,
+            payload: &record.payload,
+        })
+    }
+
+    /// Appends one borrowed record: what the CDR and CEL callbacks use.
+    pub fn append_new(&self, record: &NewRecord<'_>) -> Result<EntryRef, SpoolError> {
         let captured = now_secs();
         let mut writer = lock(&self.writer);
         let writer = &mut *writer;
@@ -693,14 +720,14 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Appends one framed entry to `out`.
-fn encode_entry(record: &SpoolRecord, index: u32, captured: u64, out: &mut Vec<u8>) {
+fn encode_entry(record: &NewRecord<'_>, index: u32, captured: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     out.extend_from_slice(&index.to_le_bytes());
     out.extend_from_slice(&captured.to_le_bytes());
     put_bytes(out, record.record_id.as_bytes());
     put_bytes(out, record.topic.as_bytes());
-    match &record.key {
+    match record.key {
         Some(key) => {
             out.push(1);
             put_bytes(out, key);
@@ -708,11 +735,11 @@ fn encode_entry(record: &SpoolRecord, index: u32, captured: u64, out: &mut Vec<u
         None => out.push(0),
     }
     out.extend_from_slice(&(record.headers.len() as u32).to_le_bytes());
-    for (name, value) in &record.headers {
+    for (name, value) in record.headers {
         put_bytes(out, name.as_bytes());
         put_bytes(out, value);
     }
-    put_bytes(out, &record.payload);
+    put_bytes(out, record.payload);
     let body_len = (out.len() - start - HEADER_LEN) as u32;
     let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
     out[start..start + 4].copy_from_slice(&MAGIC.to_le_bytes());
