@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing cdr_kafka needs on a Debian machine, skipping what
-# is there already: a C compiler and libclang (bindgen), debootstrap (the Asterisk root),
-# and the tansu broker (built with cargo; it takes about 13 minutes the first time).
+# is there already: a C compiler, clang/libclang (bindgen), cmake and pkg-config (the
+# tansu broker's build), debootstrap (the Asterisk root), and tansu itself (built with
+# cargo; about 13 minutes the first time).
 set -euo pipefail
 
 need=()
-command -v cc >/dev/null || need+=(gcc libc6-dev)
-command -v make >/dev/null || need+=(make)
-command -v perl >/dev/null || need+=(perl)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev clang)
+for package in gcc libc6-dev make perl debootstrap clang libclang-dev cmake pkg-config util-linux; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || need+=("$package")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing ${need[*]}..."
   export DEBIAN_FRONTEND=noninteractive
