@@ -12,7 +12,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::record::{CdrTime, TimeText};
+use crate::record::{repaired, CdrTime, Text, TimeText};
 
 /// One CEL event, borrowed from Asterisk for the length of the CEL callback.
 #[derive(Debug, Clone, Default)]
@@ -127,10 +127,7 @@ impl CelKey {
             Self::Context => event.context,
             Self::Tenantid => event.tenantid.unwrap_or_default(),
         };
-        match String::from_utf8_lossy(raw) {
-            Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
-            Cow::Owned(text) => Cow::Owned(text.into_bytes()),
-        }
+        repaired(raw)
     }
 }
 
@@ -154,14 +151,6 @@ pub fn encode(event: &CelEvent<'_>, options: &CelEncodeOptions, out: &mut Vec<u8
 struct Event<'r, 'a> {
     event: &'r CelEvent<'a>,
     options: &'r CelEncodeOptions,
-}
-
-struct Text<'a>(&'a [u8]);
-
-impl Serialize for Text<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&String::from_utf8_lossy(self.0))
-    }
 }
 
 /// Asterisk's extra text as an object when it is one.

@@ -221,19 +221,30 @@ impl Running {
             headers: headers.as_slice(),
             payload: &payload,
         };
-        match self.spool.append_new(&record) {
+        self.append(&record, &self.stats.spooled, &self.stats.failed, "CDR")
+    }
+
+    /// Appends to the spool; a refusal is counted, remembered and logged (rate-limited).
+    fn append(
+        &self,
+        record: &NewRecord<'_>,
+        spooled: &AtomicU64,
+        failed: &AtomicU64,
+        what: &str,
+    ) -> Result<(), SpoolError> {
+        match self.spool.append_new(record) {
             Ok(_) => {
-                Stats::add(&self.stats.spooled);
+                Stats::add(spooled);
                 Ok(())
             }
             Err(error) => {
-                Stats::add(&self.stats.failed);
+                Stats::add(failed);
                 self.stats
-                    .set_last_error(format!("CDR lost: the spool refused it: {error}"));
+                    .set_last_error(format!("{what} lost: the spool refused it: {error}"));
                 if let Some(held) = SPOOL_REFUSED_LOG.check() {
                     ast_log!(
                         Error,
-                        "a CDR is lost: the spool refused it: {error}{}",
+                        "a {what} is lost: the spool refused it: {error}{}",
                         suppressed_note(held)
                     );
                 }
@@ -266,25 +277,12 @@ impl Running {
             headers: headers.as_slice(),
             payload: &payload,
         };
-        match self.spool.append_new(&record) {
-            Ok(_) => {
-                Stats::add(&self.stats.cel_spooled);
-                Ok(())
-            }
-            Err(error) => {
-                Stats::add(&self.stats.cel_failed);
-                self.stats
-                    .set_last_error(format!("CEL event lost: the spool refused it: {error}"));
-                if let Some(held) = SPOOL_REFUSED_LOG.check() {
-                    ast_log!(
-                        Error,
-                        "a CEL event is lost: the spool refused it: {error}{}",
-                        suppressed_note(held)
-                    );
-                }
-                Err(error)
-            }
-        }
+        self.append(
+            &record,
+            &self.stats.cel_spooled,
+            &self.stats.cel_failed,
+            "CEL event",
+        )
     }
 
     /// The contract's headers, plus `record_id`.

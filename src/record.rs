@@ -133,10 +133,7 @@ impl KeyField {
             Self::Tenantid => cdr.tenantid.unwrap_or_default(),
             Self::Peertenantid => cdr.peertenantid.unwrap_or_default(),
         };
-        match String::from_utf8_lossy(raw) {
-            Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
-            Cow::Owned(text) => Cow::Owned(text.into_bytes()),
-        }
+        repaired(raw)
     }
 }
 
@@ -217,7 +214,15 @@ struct Record<'r, 'a> {
 }
 
 /// Bytes from Asterisk, serialized as a JSON string with invalid UTF-8 replaced.
-struct Text<'a>(&'a [u8]);
+pub(crate) struct Text<'a>(pub(crate) &'a [u8]);
+
+/// Bytes from Asterisk as UTF-8 bytes (a message key), invalid sequences replaced.
+pub(crate) fn repaired(raw: &[u8]) -> Cow<'_, [u8]> {
+    match String::from_utf8_lossy(raw) {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+    }
+}
 
 impl Serialize for Text<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -13,7 +13,7 @@ use crate::sys;
 ///
 /// # Safety
 /// `pointer` is NULL or a NUL-terminated string valid for `'a`.
-unsafe fn bytes<'a>(pointer: *const c_char) -> &'a [u8] {
+pub(super) unsafe fn bytes<'a>(pointer: *const c_char) -> &'a [u8] {
     if pointer.is_null() {
         return b"";
     }

@@ -3,23 +3,10 @@
 //! Lifetime: the strings belong to Asterisk's event and live until the CEL callback
 //! returns, so a [`CelEvent`] made here is encoded before then and nothing is kept.
 
-use std::ffi::{c_char, CStr};
-
+use super::cdr::bytes;
 use crate::cel::CelEvent;
 use crate::record::CdrTime;
 use crate::sys;
-
-/// Bytes of a C string; empty for NULL.
-///
-/// # Safety
-/// `pointer` is NULL or a NUL-terminated string valid for `'a`.
-unsafe fn bytes<'a>(pointer: *const c_char) -> &'a [u8] {
-    if pointer.is_null() {
-        return b"";
-    }
-    // SAFETY: the caller guarantees a NUL-terminated string that lives for 'a.
-    unsafe { CStr::from_ptr(pointer) }.to_bytes()
-}
 
 /// Reads the flat event the glue built.
 ///

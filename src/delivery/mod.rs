@@ -154,25 +154,28 @@ impl ProducerContext for DeliveryContext {
             Failure::Retriable => {
                 lock(&shared.retries).push_back(entry);
             }
-            Failure::Permanent => {
-                Stats::add(&shared.stats.failed);
-                let reason = error.to_string();
-                shared
-                    .stats
-                    .set_last_error(format!("dead-lettered: {reason}"));
-                if let Err(spool_error) = shared.spool.dead_letter(entry, &reason) {
-                    ast_log!(Error, "cannot write the dead-letter file: {spool_error}");
-                }
-                if let Some(held) = shared.failure_log.check() {
-                    ast_log!(
-                        Error,
-                        "the broker refused a CDR for good ({reason}); it is in {}{}",
-                        shared.spool.dead_letter_path().display(),
-                        suppressed_note(held)
-                    );
-                }
-            }
+            Failure::Permanent => dead_letter(shared, &entry, error),
         }
+    }
+}
+
+/// A record the broker will never take: to the dead-letter file, counted and logged.
+fn dead_letter(shared: &Shared, entry: &EntryRef, error: &KafkaError) {
+    Stats::add(&shared.stats.failed);
+    let reason = error.to_string();
+    shared
+        .stats
+        .set_last_error(format!("dead-lettered: {reason}"));
+    if let Err(spool_error) = shared.spool.dead_letter(*entry, &reason) {
+        ast_log!(Error, "cannot write the dead-letter file: {spool_error}");
+    }
+    if let Some(held) = shared.failure_log.check() {
+        ast_log!(
+            Error,
+            "the broker refused a record for good ({reason}); it is in {}{}",
+            shared.spool.dead_letter_path().display(),
+            suppressed_note(held)
+        );
     }
 }
 
@@ -479,14 +482,7 @@ fn send(shared: &Shared, producer: &KafkaProducer, entry: EntryRef, record: &Spo
                 std::thread::sleep(QUEUE_FULL_PAUSE);
             }
             error => {
-                Stats::add(&shared.stats.failed);
-                let reason = error.to_string();
-                shared
-                    .stats
-                    .set_last_error(format!("dead-lettered: {reason}"));
-                if let Err(spool_error) = shared.spool.dead_letter(entry, &reason) {
-                    ast_log!(Error, "cannot write the dead-letter file: {spool_error}");
-                }
+                dead_letter(shared, &entry, &error);
                 return;
             }
         }
