@@ -85,7 +85,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     option("acks", "all", Some("acks"), "Broker acknowledgements required: all (or -1), 1 or 0."),
     option("enable_idempotence", "yes", Some("enable.idempotence"), "Idempotent producer: no duplicates or reordering from librdkafka's retries."),
     option("message_timeout_ms", "0", Some("message.timeout.ms"), "How long librdkafka tries to deliver a record before it is tried again from the spool, in milliseconds; 0: no limit, which keeps records of one key in order."),
-    option("queue_buffering_max_messages", "100000", Some("queue.buffering.max.messages"), "Most records librdkafka holds in memory; the rest wait in the spool."),
+    option("queue_buffering_max_messages", "20000", Some("queue.buffering.max.messages"), "Most records librdkafka holds in memory (about 1.5 KB each); the rest wait in the spool."),
     option("debug", "", Some("debug"), "librdkafka debug contexts (e.g. broker,topic,msg), logged at debug level."),
     option("flush_timeout_ms", "5000", None, "How long unload and reload wait for records in flight to be delivered, in milliseconds."),
     option("spool_dir", "", None, "Folder of the durable spool. Empty: cdr_kafka inside Asterisk's spool folder (astspooldir, usually /var/spool/asterisk/cdr_kafka). Takes effect at module load."),
@@ -442,6 +442,9 @@ pub fn parse(
         ("enable.idempotence", "true"),
         // The spool keeps every record until delivered: librdkafka need not give up.
         ("message.timeout.ms", "0"),
+        // Records wait safely in the spool: librdkafka's copies (about 1.5 KB each) need
+        // not take 150 MB, as its default of 100,000 would.
+        ("queue.buffering.max.messages", "20000"),
     ] {
         properties
             .entry(property.to_string())

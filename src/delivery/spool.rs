@@ -179,7 +179,6 @@ struct Segment {
     /// Entries not yet acknowledged.
     pending: u32,
     acked: Vec<u64>,
-    ack_file: Option<File>,
     /// Capture time (Unix seconds) of the segment's first entry.
     first_capture: u64,
 }
@@ -218,6 +217,8 @@ struct State {
     unsynced: Vec<File>,
     /// Bumped on each append: readers wait for it to change.
     generation: u64,
+    /// A reader waits for an append: only then does an append wake it (a syscall).
+    reader_waiting: bool,
 }
 
 impl State {
@@ -238,6 +239,9 @@ pub struct Spool {
     _lock: File,
     writer: Mutex<Writer>,
     state: Mutex<State>,
+    /// Open `.ack` files by segment: written outside `state`'s lock, which the CDR
+    /// thread takes on every append.
+    ack_files: Mutex<BTreeMap<u32, File>>,
     appended: Condvar,
     last_sync: Mutex<Instant>,
     first_new_segment: u32,
@@ -284,6 +288,7 @@ impl Spool {
             segments,
             unsynced: Vec::new(),
             generation: 0,
+            reader_waiting: false,
         };
         state.segments.insert(
             first_new_segment,
@@ -294,6 +299,7 @@ impl Spool {
             _lock: lock_file,
             writer: Mutex::new(writer),
             state: Mutex::new(state),
+            ack_files: Mutex::new(BTreeMap::new()),
             appended: Condvar::new(),
             last_sync: Mutex::new(Instant::now()),
             first_new_segment,
@@ -363,7 +369,7 @@ impl Spool {
             index,
         };
         let rotate = writer.bytes >= SEGMENT_BYTES;
-        {
+        let wake_reader = {
             let mut state = lock(&self.state);
             state.generation += 1;
             if let Some(segment) = state.segments.get_mut(&writer.segment) {
@@ -373,12 +379,15 @@ impl Spool {
                     segment.first_capture = captured;
                 }
             }
-        }
+            std::mem::take(&mut state.reader_waiting)
+        };
         if rotate {
             self.rotate(writer)?;
         }
         self.counters.appended.fetch_add(1, Ordering::Relaxed);
-        self.appended.notify_all();
+        if wake_reader {
+            self.appended.notify_all();
+        }
         Ok(entry)
     }
 
@@ -387,28 +396,39 @@ impl Spool {
         let next = writer.segment + 1;
         let new_writer = open_segment(dir, next)?;
         let old = std::mem::replace(writer, new_writer);
-        let mut state = lock(&self.state);
-        if let Some(segment) = state.segments.get_mut(&old.segment) {
-            segment.sealed = true;
-        }
-        state.segments.insert(next, new_segment_state(dir, next));
-        if self.settings.sync == SyncPolicy::Interval {
-            state.unsynced.push(old.file);
-        }
-        let done: Vec<u32> = removable(&state.segments);
+        let done = {
+            let mut state = lock(&self.state);
+            if let Some(segment) = state.segments.get_mut(&old.segment) {
+                segment.sealed = true;
+            }
+            state.segments.insert(next, new_segment_state(dir, next));
+            if self.settings.sync == SyncPolicy::Interval {
+                state.unsynced.push(old.file);
+            }
+            let done = removable(&state.segments);
+            for segment in &done {
+                state.segments.remove(segment);
+            }
+            done
+        };
         for segment in done {
-            remove_segment(&mut state, segment);
+            self.delete_segment(segment);
         }
         Ok(())
     }
 
     /// Waits up to `timeout` for an append after generation `seen`; returns the current one.
     pub fn wait_for_append(&self, seen: u64, timeout: Duration) -> u64 {
-        let state = lock(&self.state);
-        let (state, _) = self
+        let mut state = lock(&self.state);
+        if state.generation != seen {
+            return state.generation;
+        }
+        state.reader_waiting = true;
+        let (mut state, _) = self
             .appended
             .wait_timeout_while(state, timeout, |s| s.generation == seen)
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.reader_waiting = false;
         state.generation
     }
 
@@ -510,28 +530,49 @@ impl Spool {
 
     /// The broker acknowledged `entry`: record it, and delete the segment once all is.
     pub fn ack(&self, entry: EntryRef) {
-        let mut state = lock(&self.state);
-        let Some(segment) = state.segments.get_mut(&entry.segment) else {
-            return;
+        let finished = {
+            let mut state = lock(&self.state);
+            let Some(segment) = state.segments.get_mut(&entry.segment) else {
+                return;
+            };
+            if !segment.set_acked(entry.index) {
+                return;
+            }
+            segment.pending = segment.pending.saturating_sub(1);
+            let finished = segment.sealed && segment.pending == 0;
+            if finished {
+                state.segments.remove(&entry.segment);
+            }
+            finished
         };
-        if !segment.set_acked(entry.index) {
+        self.counters.acked.fetch_add(1, Ordering::Relaxed);
+        if finished {
+            self.delete_segment(entry.segment);
             return;
         }
-        segment.pending = segment.pending.saturating_sub(1);
-        if segment.ack_file.is_none() {
+        let mut ack_files = lock(&self.ack_files);
+        if !ack_files.contains_key(&entry.segment) {
             let path = segment_path(&self.settings.dir, entry.segment, "ack");
-            segment.ack_file =
-                open_private(&path, OpenOptions::new().create(true).append(true)).ok();
+            match open_private(&path, OpenOptions::new().create(true).append(true)) {
+                Ok(file) => {
+                    ack_files.insert(entry.segment, file);
+                }
+                // Unrecorded, the record is produced again after a restart (record_id).
+                Err(_) => return,
+            }
         }
-        if let Some(file) = segment.ack_file.as_mut() {
+        if let Some(file) = ack_files.get_mut(&entry.segment) {
             // Lost only with the process: the record is then produced again (record_id).
             let _ = file.write_all(&entry.index.to_le_bytes());
         }
-        let finished = segment.sealed && segment.pending == 0;
-        self.counters.acked.fetch_add(1, Ordering::Relaxed);
-        if finished {
-            remove_segment(&mut state, entry.segment);
-        }
+    }
+
+    /// Deletes a segment every record of which is acknowledged (already out of `state`).
+    fn delete_segment(&self, segment: u32) {
+        lock(&self.ack_files).remove(&segment);
+        let path = segment_path(&self.settings.dir, segment, "seg");
+        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(path.with_extension("ack"));
     }
 
     /// Moves a record the broker will never take to the dead-letter file, with the reason.
@@ -638,7 +679,6 @@ fn new_segment_state(dir: &Path, segment: u32) -> Segment {
         sealed: false,
         pending: 0,
         acked: Vec::new(),
-        ack_file: None,
         first_capture: now_secs(),
     }
 }
@@ -649,13 +689,6 @@ fn removable(segments: &BTreeMap<u32, Segment>) -> Vec<u32> {
         .filter(|(_, s)| s.sealed && s.pending == 0)
         .map(|(&id, _)| id)
         .collect()
-}
-
-fn remove_segment(state: &mut State, segment: u32) {
-    if let Some(removed) = state.segments.remove(&segment) {
-        let _ = fs::remove_file(&removed.path);
-        let _ = fs::remove_file(removed.path.with_extension("ack"));
-    }
 }
 
 fn prepare_folder(dir: &Path) -> Result<(), SpoolError> {
@@ -956,7 +989,6 @@ fn recover(dir: &Path) -> Result<(BTreeMap<u32, Segment>, Recovery), SpoolError>
             sealed: true,
             pending: 0,
             acked: Vec::new(),
-            ack_file: None,
             first_capture: scan.entries.first().map_or(0, |&(_, captured)| captured),
         };
         for index in read_acks(&path.with_extension("ack")) {
