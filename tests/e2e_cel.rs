@@ -299,5 +299,8 @@ fn cel_backend_exists_only_while_enabled_and_reload_switches_it() {
     let out = asterisk.rx("module unload cdr_kafka.so");
     assert!(out.contains("Unloaded"), "{out}");
     // CEL callbacks run on Asterisk's long-lived threads: nothing of ours may stay behind.
-    assert!(!asterisk.module_mapped(), "the .so is still mapped after unload");
+    assert!(
+        !asterisk.module_mapped(),
+        "the .so is still mapped after unload"
+    );
 }

@@ -551,20 +551,19 @@ impl Spool {
             return;
         }
         let mut ack_files = lock(&self.ack_files);
-        if !ack_files.contains_key(&entry.segment) {
-            let path = segment_path(&self.settings.dir, entry.segment, "ack");
-            match open_private(&path, OpenOptions::new().create(true).append(true)) {
-                Ok(file) => {
-                    ack_files.insert(entry.segment, file);
+        let file = match ack_files.entry(entry.segment) {
+            std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let path = segment_path(&self.settings.dir, entry.segment, "ack");
+                match open_private(&path, OpenOptions::new().create(true).append(true)) {
+                    Ok(file) => slot.insert(file),
+                    // Unrecorded, the record is produced again after a restart (record_id).
+                    Err(_) => return,
                 }
-                // Unrecorded, the record is produced again after a restart (record_id).
-                Err(_) => return,
             }
-        }
-        if let Some(file) = ack_files.get_mut(&entry.segment) {
-            // Lost only with the process: the record is then produced again (record_id).
-            let _ = file.write_all(&entry.index.to_le_bytes());
-        }
+        };
+        // Lost only with the process: the record is then produced again (record_id).
+        let _ = file.write_all(&entry.index.to_le_bytes());
     }
 
     /// Deletes a segment every record of which is acknowledged (already out of `state`).
