@@ -6,7 +6,7 @@
 //!
 //! To say where the memory goes, the same run is repeated in other shapes, each in a fresh
 //! process of this binary (so no case inherits another's heap):
-//! - `queue_buffering_max_messages = 1000`: the module with librdkafka holding 100 times
+//! - `queue_buffering_max_messages = 1000`: the module with librdkafka holding 20 times
 //!   fewer records than the default; the difference is librdkafka's copies;
 //! - the spool alone (`Spool::append` of the same records, no producer);
 //! - librdkafka alone: a `BaseProducer` with the module's settings, the same payload and
