@@ -73,13 +73,14 @@ bench: sandbox
 
 # Builds the module against the installed headers of every Asterisk release line in
 # ASTERISK_HEADERS (folders holding asterisk.h and asterisk/) and runs the unit tests of
-# each build. librdkafka does not depend on the headers: it is built once.
+# each build, and tests/glue_view.rs: the C glue's view of a CDR laid out by those
+# headers. librdkafka does not depend on the headers: it is built once.
 ASTERISK_HEADERS ?= ../shared/asterisk-headers
 check-versions:
 	@set -e; for dir in $(ASTERISK_HEADERS)/*/; do \
 		echo "== Asterisk headers $$dir"; \
 		ASTERISK_INCLUDE_DIR=$$dir $(CARGO) build --release --lib --quiet; \
-		ASTERISK_INCLUDE_DIR=$$dir $(CARGO) test --release --lib --quiet 2>&1 | tail -n 2; \
+		ASTERISK_INCLUDE_DIR=$$dir $(CARGO) test --release --lib --test glue_view --quiet; \
 	done
 
 check:

@@ -57,6 +57,16 @@ fn main() {
 
     generate_bindings(&include_dir, &own_include, &out_dir);
     compile_glue(&include_dir, &own_include, &defines);
+
+    // For tests/glue_view.rs: how to compile the glue exactly as above.
+    let mut flags = asterisk_cflags(&include_dir);
+    flags.push(format!("-I{}", own_include.display()));
+    flags.extend(defines.iter().map(|define| format!("-D{define}")));
+    println!("cargo:rustc-env=CDRK_GLUE_CFLAGS={}", flags.join("\u{1f}"));
+    println!(
+        "cargo:rustc-env=CDRK_ASTERISK_INCLUDE_DIR={}",
+        include_dir.display()
+    );
 }
 
 /// Flags every compile against Asterisk's headers needs: its headers assume GNU C.
