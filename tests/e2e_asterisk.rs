@@ -201,12 +201,7 @@ fn caller_record<'m>(messages: &'m [Message], exten: &str) -> &'m Message {
 
 fn start_with_module<'r>(root: &'r Root, conf: &str) -> Asterisk<'r> {
     let asterisk = Asterisk::start(root, conf, TZ_MINUS_THREE);
-    let out = asterisk.rx("module load cdr_kafka.so");
-    assert!(
-        out.contains("Loaded cdr_kafka.so"),
-        "module load said: {out}\n{}",
-        asterisk.log()
-    );
+    asterisk.load_module();
     asterisk
 }
 

@@ -25,12 +25,7 @@ fn start<'r>(root: &'r Root, tansu: &Tansu, cel: &str) -> Asterisk<'r> {
     tansu.create_topic("calls");
     tansu.create_topic(CEL_TOPIC);
     let asterisk = Asterisk::start(root, &conf(&tansu.brokers(), cel), TZ);
-    let out = asterisk.rx("module load cdr_kafka.so");
-    assert!(
-        out.contains("Loaded cdr_kafka.so"),
-        "{out}\n{}",
-        asterisk.log()
-    );
+    asterisk.load_module();
     asterisk
 }
 

@@ -29,18 +29,9 @@ fn lock(root: &Root) -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
-fn load(asterisk: &Asterisk<'_>) {
-    let out = asterisk.rx("module load cdr_kafka.so");
-    assert!(
-        out.contains("Loaded cdr_kafka.so"),
-        "{out}\n{}",
-        asterisk.log()
-    );
-}
-
 /// Places `calls` calls with the broker down, then unloads: the records stay spooled.
 fn spool_calls_with_broker_down(asterisk: &Asterisk<'_>, calls: usize) -> usize {
-    load(asterisk);
+    asterisk.load_module();
     for _ in 0..calls {
         asterisk.originate("flood");
         asterisk.wait_for_no_channels(WAIT);
@@ -97,7 +88,7 @@ fn torn_tail_and_flipped_bit_are_reported_and_the_rest_is_delivered() {
         "cdr_kafka.conf",
         &cdr_kafka_conf(&tansu.brokers(), "calls", ""),
     );
-    load(&asterisk);
+    asterisk.load_module();
     let log = asterisk.log();
     assert!(
         log.contains("1 torn tail(s) cut off, 1 damaged entr(ies) skipped"),
@@ -165,7 +156,7 @@ fn full_spool_refuses_new_records_loudly_and_keeps_asterisk_fast() {
     let _one = lock(&root);
     let conf = cdr_kafka_conf(NO_BROKER, "calls", "spool_max_bytes = 3000\n");
     let asterisk = Asterisk::start(&root, &conf, TZ);
-    load(&asterisk);
+    asterisk.load_module();
     for _ in 0..4 {
         asterisk.originate("flood");
         asterisk.wait_for_no_channels(WAIT);
@@ -186,7 +177,7 @@ fn second_asterisk_on_the_same_spool_folder_is_refused() {
     let root = Root::from_env();
     let _one = lock(&root);
     let asterisk = Asterisk::start(&root, &cdr_kafka_conf(NO_BROKER, "calls", ""), TZ);
-    load(&asterisk);
+    asterisk.load_module();
     // Another process holding the folder's lock, as a second Asterisk would.
     let lock_path = root.path.join(SPOOL).join("lock");
     let out = asterisk.rx("module unload cdr_kafka.so");

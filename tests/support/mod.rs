@@ -777,6 +777,16 @@ impl<'r> Asterisk<'r> {
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// `module load cdr_kafka.so`, failing the test (with Asterisk's log) unless it loaded.
+    pub fn load_module(&self) {
+        let out = self.rx("module load cdr_kafka.so");
+        assert!(
+            out.contains("Loaded cdr_kafka.so"),
+            "module load said: {out}\n{}",
+            self.log()
+        );
+    }
+
     /// Runs a CLI command (`asterisk -rx`) and returns what it printed.
     pub fn rx(&self, command: &str) -> String {
         self.try_rx(command)
