@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cdr_kafka::config::Settings;
-use cdr_kafka::delivery::stats::Stats;
 use cdr_kafka::module::Running;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -153,30 +152,31 @@ fn sorted_ns(durations: &[Duration]) -> Vec<u64> {
 fn run_module(broker: &str, brokers: &str, topic: &str, pace: &Pace) -> Measured {
     let dir = common::Scratch::new("latency");
     let settings = common::settings(brokers, topic, &dir.0, &[]);
-    let running = Running::start(settings, common::identity()).expect("the module starts");
+    let running =
+        Arc::new(Running::start(settings, common::identity()).expect("the module starts"));
     let cdr = common::typical_cdr();
     for _ in 0..WARMUP {
         running.publish(&cdr).expect("spooled");
     }
     assert!(
         common::wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
-            Stats::get(&running.stats.delivered) >= WARMUP
+            running.counts().delivered >= WARMUP
         }),
         "the warm-up records were not delivered to {brokers}"
     );
     std::thread::sleep(Duration::from_millis(200));
-    let base = Stats::get(&running.stats.delivered);
-    let stats = Arc::clone(&running.stats);
+    let base = running.counts().delivered;
+    let stats = Arc::clone(&running);
     let timeout = pace.interval * pace.records as u32 + Duration::from_secs(60);
     let watcher = watch(
-        move || Stats::get(&stats.delivered),
+        move || stats.counts().delivered,
         base,
         pace.records,
         timeout,
     );
     let (published, cost) = pace.run(|_| running.publish(&cdr).expect("spooled"));
     let (delivered, mut periods) = watcher.join().expect("watcher");
-    let failed = Stats::get(&running.stats.failed);
+    let failed = running.counts().dead_lettered;
     running.shutdown();
     let (latencies, lost) = latencies_us(&published, &delivered);
     if failed > 0 {

@@ -20,8 +20,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cdr_kafka::delivery::spool::{Spool, SpoolRecord, SpoolSettings, SyncPolicy};
-use cdr_kafka::delivery::stats::Stats;
+use cdr_kafka::delivery::log::{Log, LogSettings, NewRecord, RecordKind, SyncPolicy};
 use cdr_kafka::module::Running;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -125,7 +124,7 @@ fn case_module(records: u64, extra: &[(&str, &str)]) -> Figures {
     }
     let seconds = started.elapsed().as_secs_f64();
     // The feeder moves records into librdkafka until its queue is full, then waits.
-    let in_librdkafka = settled(Duration::from_secs(1), || Stats::get(&running.stats.queued));
+    let in_librdkafka = settled(Duration::from_secs(1), || running.counts().queued);
     let figures = Figures {
         records,
         rss_before_kb,
@@ -137,8 +136,8 @@ fn case_module(records: u64, extra: &[(&str, &str)]) -> Figures {
         spool_bytes: dir.bytes(),
         seconds,
     };
-    assert_eq!(Stats::get(&running.stats.delivered), 0);
-    assert_eq!(running.spool.depth().0, records, "every record waits");
+    assert_eq!(running.counts().delivered, 0);
+    assert_eq!(running.log.depth().0, records, "every record waits");
     running.shutdown();
     figures
 }
@@ -146,13 +145,13 @@ fn case_module(records: u64, extra: &[(&str, &str)]) -> Figures {
 /// The spool alone: the records the module would append, no producer.
 fn case_spool(records: u64) -> Figures {
     let dir = common::Scratch::new("memory-spool");
-    let spool = Spool::open(SpoolSettings {
+    let log = Log::open(LogSettings {
         dir: dir.0.clone(),
         sync: SyncPolicy::Interval,
         sync_interval: Duration::from_secs(1),
         max_bytes: 0,
     })
-    .expect("spool");
+    .expect("log");
     let scratch = common::Scratch::new("unused");
     let settings = common::settings(UNREACHABLE, "asterisk_cdr", &scratch.0, &[]);
     let payload = common::payload(&common::typical_cdr(), &settings);
@@ -160,17 +159,20 @@ fn case_spool(records: u64) -> Figures {
     let started = Instant::now();
     for n in 0..records {
         let record_id = format!("001122334455-19ab-{n}");
-        let record = SpoolRecord {
-            headers: common::headers(&record_id)
-                .into_iter()
-                .map(|(name, value)| (name.to_string(), value.into_bytes()))
-                .collect(),
-            record_id,
-            topic: settings.topic.clone(),
+        let headers = common::headers(&record_id);
+        let headers: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_bytes()))
+            .collect();
+        log.append(&NewRecord {
+            kind: RecordKind::Cdr,
+            record_id: &record_id,
+            topic: &settings.topic,
             key: None,
-            payload: payload.clone(),
-        };
-        spool.append(&record).expect("appended");
+            headers: &headers,
+            payload: &payload,
+        })
+        .expect("appended");
     }
     Figures {
         records,

@@ -28,7 +28,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cdr_kafka::config::Settings;
-use cdr_kafka::delivery::stats::Stats;
 use cdr_kafka::module::Running;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -244,18 +243,18 @@ fn run_module(brokers: &str, topic: &str, plan: &Plan, broker: &Broker) -> Run {
     for _ in 0..WARMUP {
         running.publish(&cdr).expect("spooled");
     }
-    let stats = Arc::clone(&running.stats);
+    let stats = Arc::clone(&running);
     assert!(
         common::wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
-            Stats::get(&stats.delivered) >= WARMUP
+            stats.counts().delivered >= WARMUP
         }),
         "the warm-up records were not delivered to {brokers}"
     );
     let cpu_before = thread_cpu("self");
     let broker_before = broker.pid.map(thread_cpu);
     let reported = {
-        let stats = Arc::clone(&running.stats);
-        move || Stats::get(&stats.delivered) + Stats::get(&stats.failed)
+        let stats = Arc::clone(&running);
+        move || stats.counts().delivered + stats.counts().dead_lettered
     };
     let (published, elapsed, per_second, capped) =
         drive(plan, |_| running.publish(&cdr).expect("spooled"), reported);
@@ -263,9 +262,9 @@ fn run_module(brokers: &str, topic: &str, plan: &Plan, broker: &Broker) -> Run {
     let broker_cpu = broker.pid.zip(broker_before).map(|(pid, before)| {
         (total_run_ns(&thread_cpu(pid)) - total_run_ns(&before)) as f64 / 1000.0 / published as f64
     });
-    let delivered = Stats::get(&running.stats.delivered) - WARMUP;
-    let failed = Stats::get(&running.stats.failed);
-    let depth = running.spool.depth().0;
+    let delivered = running.counts().delivered - WARMUP;
+    let failed = running.counts().dead_lettered;
+    let depth = running.log.depth().0;
     if depth != 0 {
         eprintln!("  {depth} record(s) still in the spool");
     }

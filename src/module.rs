@@ -1,26 +1,30 @@
-//! The running module: settings, the durable spool and the producer feeding from it,
+//! The running module: settings, the durable log and the destinations fed from it,
 //! swapped whole on reload so a record always sees one consistent configuration.
 //!
 //! Threads: `log_cdr` runs on Asterisk's CDR thread: it takes a read lock long enough
-//! to clone an `Arc`, encodes the record and appends it to the spool. `load`, `reload`
-//! and `unload` run on short-lived threads the glue starts; they alone create and
-//! retire producers. A retired configuration is dropped only once no CDR callback
-//! holds it, so a producer is never torn down on the CDR thread.
+//! to clone an `Arc`, encodes the record and appends it to the log. `load`, `reload`
+//! and `unload` run on short-lived threads the glue starts; they alone start and stop
+//! destinations (and so librdkafka's threads), never a CDR callback.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::asterisk::host::{self, Identity};
 use crate::cel::{self, CelEncodeOptions, CelEvent};
-use crate::config::{self, ConfigError, HostCapabilities, Settings, CONFIG_FILE};
-use crate::delivery::spool::{NewRecord, Spool, SpoolError, SpoolSettings};
+use crate::config::{self, ConfigError, HostCapabilities, KafkaSettings, Settings, CONFIG_FILE};
+use crate::delivery::feeder::{DestinationStats, FeederSettings};
+use crate::delivery::kafka::{KafkaDestination, ProducerSettings};
+use crate::delivery::log::{AppendError, Log, LogSettings, NewRecord, RecordKind, SyncPolicy};
 use crate::delivery::stats::Stats;
-use crate::delivery::Publisher;
+use crate::delivery::Delivery;
 use crate::ratelimit::{suppressed_note, RateLimit};
 use crate::record::{self, Cdr, EncodeOptions};
 use crate::{ast_log, asterisk};
+
+/// The name of the Kafka destination `[global]` configures.
+pub const GLOBAL_DESTINATION: &str = "global";
 
 /// Gives every record an id that is unique and stays the same on replay.
 pub struct RecordIds {
@@ -45,14 +49,32 @@ impl RecordIds {
     }
 }
 
-/// A loaded configuration, its spool, and the producer serving them.
+/// A snapshot of the module's counters (see `Running::counts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub received: u64,
+    pub spooled: u64,
+    /// Refused by the spool (full, or the disk failed).
+    pub refused: u64,
+    /// Handed to a destination (again after a retry).
+    pub queued: u64,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    pub replayed: u64,
+    pub in_flight: u64,
+    pub rebuilds: u64,
+    /// Records in the log some destination has not confirmed.
+    pub waiting: u64,
+}
+
+/// A loaded configuration, its log, and the destinations serving them.
 pub struct Running {
     pub settings: Settings,
     pub identity: Identity,
     encode: EncodeOptions,
     cel_encode: CelEncodeOptions,
-    publisher: Arc<Publisher>,
-    pub spool: Arc<Spool>,
+    pub log: Arc<Log>,
+    delivery: Arc<Mutex<Delivery>>,
     pub stats: Arc<Stats>,
     record_ids: Arc<RecordIds>,
     started: SystemTime,
@@ -89,58 +111,105 @@ fn read_settings(identity: &Identity) -> Result<Settings, ConfigError> {
     })
 }
 
-fn spool_settings(settings: &Settings, identity: &Identity) -> SpoolSettings {
+fn log_settings(settings: &Settings, identity: &Identity) -> LogSettings {
     let options = &settings.spool;
-    SpoolSettings {
+    LogSettings {
         dir: options
             .dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(&identity.spool_dir).join(SPOOL_SUBDIR)),
-        sync: options.sync,
+        sync: match options.sync {
+            config::SyncPolicy::Always => SyncPolicy::Always,
+            config::SyncPolicy::Interval => SyncPolicy::Interval,
+            config::SyncPolicy::Never => SyncPolicy::Never,
+        },
         sync_interval: options.sync_interval,
         max_bytes: options.max_bytes,
     }
 }
 
-fn spool_error(error: SpoolError) -> ConfigError {
-    ConfigError::Spool {
-        message: error.to_string(),
+fn producer_settings(kafka: &KafkaSettings) -> ProducerSettings {
+    ProducerSettings {
+        properties: kafka
+            .properties
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        secrets: kafka
+            .properties
+            .iter()
+            .filter(|(name, _)| KafkaSettings::is_secret(name))
+            .map(|(_, value)| value.clone())
+            .collect(),
     }
 }
 
+fn feeder_settings(settings: &Settings) -> FeederSettings {
+    FeederSettings {
+        batch_window: settings.linger,
+        flush_timeout: settings.flush_timeout,
+    }
+}
+
+fn kafka_destination(settings: &Settings) -> Result<Box<KafkaDestination>, ConfigError> {
+    KafkaDestination::new(GLOBAL_DESTINATION, producer_settings(&settings.kafka))
+        .map(Box::new)
+        .map_err(|error| ConfigError::Producer { message: error.0 })
+}
+
+fn lock(delivery: &Mutex<Delivery>) -> MutexGuard<'_, Delivery> {
+    delivery
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Running {
-    /// Opens the spool (recovering what an earlier run left) and starts the producer
+    /// Opens the log (recovering what an earlier run left) and starts the destinations
     /// feeding from it: what load does once the files are read.
     pub fn start(settings: Settings, identity: Identity) -> Result<Self, ConfigError> {
-        let spool = Spool::open(spool_settings(&settings, &identity)).map_err(spool_error)?;
-        let recovery = &spool.recovery;
-        if recovery.records > 0 || recovery.torn_tails > 0 || recovery.damaged > 0 {
+        let log =
+            Log::open(log_settings(&settings, &identity)).map_err(|error| ConfigError::Spool {
+                message: error.to_string(),
+            })?;
+        let recovery = &log.recovery;
+        if recovery.torn_tails > 0 || recovery.damaged > 0 || recovery.damaged_headers > 0 {
             ast_log!(
-                Notice,
-                "spool {}: {} undelivered record(s) from an earlier run will be delivered now; \
-                 {} torn tail(s) cut off, {} damaged entr(ies) skipped",
-                spool.settings().dir.display(),
-                recovery.records,
+                Warning,
+                "spool {}: {} torn tail(s) cut off, {} damaged run(s) of bytes skipped, {} damaged segment header(s)",
+                log.dir().display(),
                 recovery.torn_tails,
-                recovery.damaged
+                recovery.damaged,
+                recovery.damaged_headers
             );
         }
-        let stats = Arc::new(Stats::default());
-        // Recovered records may have reached the broker before a crash.
-        stats
-            .duplicates_possible
-            .fetch_add(recovery.records, Ordering::Relaxed);
-        let spool = Arc::new(spool);
-        let publisher = Publisher::start(&settings.kafka, Arc::clone(&spool), Arc::clone(&stats))?;
-        publisher.set_flush_timeout(settings.flush_timeout);
-        publisher.run()?;
+        let log = Arc::new(log);
+        let destination = kafka_destination(&settings)?;
+        let mut delivery = Delivery::new(Arc::clone(&log));
+        delivery
+            .start(destination, feeder_settings(&settings))
+            .map_err(|error| ConfigError::Spool {
+                message: error.to_string(),
+            })?;
+        let waiting = delivery
+            .statuses()
+            .iter()
+            .map(|status| status.waiting)
+            .max()
+            .unwrap_or(0);
+        if waiting > 0 {
+            ast_log!(
+                Notice,
+                "spool {}: {waiting} undelivered record(s) from an earlier run will be delivered now",
+                log.dir().display()
+            );
+        }
         let record_ids = Arc::new(RecordIds::new(&identity));
         Ok(Self::new(
             settings,
             identity,
-            Arc::new(publisher),
-            spool,
-            stats,
+            log,
+            Arc::new(Mutex::new(delivery)),
+            Arc::new(Stats::default()),
             record_ids,
         ))
     }
@@ -148,8 +217,8 @@ impl Running {
     fn new(
         settings: Settings,
         identity: Identity,
-        publisher: Arc<Publisher>,
-        spool: Arc<Spool>,
+        log: Arc<Log>,
+        delivery: Arc<Mutex<Delivery>>,
         stats: Arc<Stats>,
         record_ids: Arc<RecordIds>,
     ) -> Self {
@@ -170,32 +239,55 @@ impl Running {
             identity,
             encode,
             cel_encode,
-            publisher,
-            spool,
+            log,
+            delivery,
             stats,
             record_ids,
             started: SystemTime::now(),
         }
     }
 
-    /// Records handed to librdkafka and not yet delivered or failed.
-    pub fn in_flight(&self) -> u64 {
-        self.publisher.in_flight()
-    }
-
-    /// Stops the producer after waiting up to `flush_timeout_ms` for records in flight;
-    /// returns how many were still unconfirmed (they stay in the spool).
-    pub fn shutdown(self) -> u64 {
-        let flush_timeout = self.settings.flush_timeout;
-        match Arc::try_unwrap(self.publisher) {
-            Ok(publisher) => publisher.shutdown(flush_timeout),
-            // Still serving the configuration that replaced this one.
-            Err(_) => 0,
+    /// The module's figures now: what Asterisk handed over, and what the destinations
+    /// did with it (summed over them).
+    pub fn counts(&self) -> Counts {
+        let statuses = lock(&self.delivery).statuses();
+        let total = |pick: fn(&DestinationStats) -> &AtomicU64| -> u64 {
+            statuses
+                .iter()
+                .map(|status| DestinationStats::get(pick(&status.stats)))
+                .sum()
+        };
+        Counts {
+            received: Stats::get(&self.stats.received),
+            spooled: Stats::get(&self.stats.spooled),
+            refused: Stats::get(&self.stats.failed),
+            queued: total(|s| &s.offered),
+            delivered: total(|s| &s.delivered),
+            dead_lettered: total(|s| &s.failed),
+            replayed: total(|s| &s.replayed),
+            in_flight: total(|s| &s.in_flight),
+            rebuilds: total(|s| &s.rebuilds),
+            waiting: statuses.iter().map(|status| status.waiting).sum(),
         }
     }
 
+    /// Records handed to a destination and not yet confirmed or failed.
+    pub fn in_flight(&self) -> u64 {
+        lock(&self.delivery)
+            .statuses()
+            .iter()
+            .map(|status| DestinationStats::get(&status.stats.in_flight))
+            .sum()
+    }
+
+    /// Stops every destination after waiting up to `flush_timeout_ms` for records in
+    /// flight; returns how many were still unconfirmed (they stay in the log).
+    pub fn shutdown(&self) -> u64 {
+        lock(&self.delivery).shutdown()
+    }
+
     /// Encodes one CDR and appends it to the spool; the feeder takes it from there.
-    pub fn publish(&self, cdr: &Cdr<'_>) -> Result<(), SpoolError> {
+    pub fn publish(&self, cdr: &Cdr<'_>) -> Result<(), AppendError> {
         Stats::add(&self.stats.received);
         let mut payload = Vec::with_capacity(RECORD_CAPACITY);
         let report = record::encode(cdr, &self.encode, &mut payload);
@@ -215,6 +307,7 @@ impl Running {
         let mut headers = Headers::default();
         self.headers(&record_id, &timestamp, &mut headers);
         let record = NewRecord {
+            kind: RecordKind::Cdr,
             record_id: &record_id,
             topic: &self.settings.topic,
             key: key.as_deref(),
@@ -231,8 +324,8 @@ impl Running {
         spooled: &AtomicU64,
         failed: &AtomicU64,
         what: &str,
-    ) -> Result<(), SpoolError> {
-        match self.spool.append_new(record) {
+    ) -> Result<(), AppendError> {
+        match self.log.append(record) {
             Ok(_) => {
                 Stats::add(spooled);
                 Ok(())
@@ -255,7 +348,7 @@ impl Running {
 
     /// Encodes one CEL event and appends it to the spool, unless `[cel] events`
     /// leaves it out.
-    pub fn publish_cel(&self, event: &CelEvent<'_>) -> Result<(), SpoolError> {
+    pub fn publish_cel(&self, event: &CelEvent<'_>) -> Result<(), AppendError> {
         let settings = &self.settings.cel;
         let name = String::from_utf8_lossy(event.eventname);
         if !settings.enabled || !settings.wants(&name) {
@@ -271,6 +364,7 @@ impl Running {
         self.headers(&record_id, &timestamp, &mut headers);
         headers.push("event", name.as_bytes());
         let record = NewRecord {
+            kind: RecordKind::Cel,
             record_id: &record_id,
             topic: &settings.topic,
             key: key.as_deref(),
@@ -327,8 +421,8 @@ fn unix_seconds_text() -> String {
         .to_string()
 }
 
-/// Reads the configuration, opens the spool and starts the producer. The error is the
-/// admin's message.
+/// Reads the configuration, opens the log and starts the destinations. The error is
+/// the admin's message.
 pub fn load() -> Result<(), ConfigError> {
     let identity = Identity::from_host();
     let settings = read_settings(&identity)?;
@@ -342,7 +436,7 @@ pub fn load() -> Result<(), ConfigError> {
             .kafka
             .get("bootstrap.servers")
             .unwrap_or_default(),
-        running.spool.settings().dir.display()
+        running.log.dir().display()
     );
     let cel_enabled = running.settings.cel.enabled;
     if let Some(old) = replace(Some(Arc::new(running))) {
@@ -372,31 +466,37 @@ pub fn reload() -> Result<(), ConfigError> {
         ast_log!(
             Warning,
             "spool_dir, spool_sync, spool_sync_interval_ms and spool_max_bytes take effect at the next module load; the spool in {} goes on",
-            old.spool.settings().dir.display()
+            old.log.dir().display()
         );
         settings.spool = old.settings.spool.clone();
     }
-    // Same producer settings: keep the producer, so nothing in flight is disturbed.
-    let same_producer = settings.kafka == old.settings.kafka;
-    let publisher = if same_producer {
-        Arc::clone(&old.publisher)
+    // Same producer and pacing: keep the destination, so nothing in flight is disturbed.
+    let same_destination = settings.kafka == old.settings.kafka
+        && feeder_settings(&settings) == feeder_settings(&old.settings);
+    let replacement = if same_destination {
+        None
     } else {
-        Arc::new(Publisher::start(
-            &settings.kafka,
-            Arc::clone(&old.spool),
-            Arc::clone(&old.stats),
-        )?)
+        Some(kafka_destination(&settings)?)
     };
-    publisher.set_flush_timeout(settings.flush_timeout);
     let running = Running::new(
         settings,
         identity,
-        Arc::clone(&publisher),
-        Arc::clone(&old.spool),
+        Arc::clone(&old.log),
+        Arc::clone(&old.delivery),
         Arc::clone(&old.stats),
         Arc::clone(&old.record_ids),
     );
     drop(old);
+    if let Some(destination) = replacement {
+        // The old producer stops (bounded flush) before the new one reads the log, and
+        // the ledger passes from one to the other: no record twice, none lost.
+        let unconfirmed = lock(&running.delivery)
+            .start(destination, feeder_settings(&running.settings))
+            .map_err(|error| ConfigError::Spool {
+                message: error.to_string(),
+            })?;
+        report_unconfirmed(unconfirmed, running.settings.flush_timeout);
+    }
     ast_log!(
         Notice,
         "reloaded: publishing CDRs to Kafka topic '{}' at {}",
@@ -408,15 +508,13 @@ pub fn reload() -> Result<(), ConfigError> {
             .unwrap_or_default()
     );
     let cel_enabled = running.settings.cel.enabled;
-    if let Some(old) = replace(Some(Arc::new(running))) {
-        // The old producer stops before the new one reads the spool: no record twice.
-        retire(old);
-    }
+    // The old configuration shares the log and destinations: nothing to stop.
+    replace(Some(Arc::new(running)));
     set_cel_backend(cel_enabled);
-    publisher.run()
+    Ok(())
 }
 
-/// Stops the producer after the glue unregistered the backend; the spool keeps what
+/// Stops the destinations after the glue unregistered the backend; the log keeps what
 /// was not confirmed.
 pub fn unload() {
     if let Some(old) = replace(None) {
@@ -424,19 +522,23 @@ pub fn unload() {
     }
 }
 
-/// Drops a configuration no longer current, on this (non-CDR) thread: waits until no
-/// CDR callback holds it, then stops its producer unless the new one shares it.
-fn retire(old: Arc<Running>) {
-    let flush_timeout = old.settings.flush_timeout;
-    let unconfirmed = wait_until_unshared(old).shutdown();
+fn report_unconfirmed(unconfirmed: u64, flush_timeout: Duration) {
     if unconfirmed > 0 {
         ast_log!(
             Warning,
-            "{unconfirmed} CDR(s) were not confirmed by the broker within flush_timeout_ms = {}; \
+            "{unconfirmed} record(s) were not confirmed within flush_timeout_ms = {}; \
              they stay in the spool and are delivered by the next producer",
             flush_timeout.as_millis()
         );
     }
+}
+
+/// Drops a configuration no longer current, on this (non-CDR) thread: waits until no
+/// CDR callback holds it, then stops its destinations.
+fn retire(old: Arc<Running>) {
+    let flush_timeout = old.settings.flush_timeout;
+    let unconfirmed = wait_until_unshared(old).shutdown();
+    report_unconfirmed(unconfirmed, flush_timeout);
 }
 
 /// A CDR callback holds its `Arc` for microseconds: wait for it to let go.
@@ -453,7 +555,7 @@ fn wait_until_unshared(mut running: Arc<Running>) -> Running {
 }
 
 /// Publishes one CDR with the current configuration.
-pub fn log_cdr(cdr: &Cdr<'_>) -> Result<(), SpoolError> {
+pub fn log_cdr(cdr: &Cdr<'_>) -> Result<(), AppendError> {
     match current() {
         Some(running) => running.publish(cdr),
         // The glue registers the backend only after a successful load.
@@ -462,7 +564,7 @@ pub fn log_cdr(cdr: &Cdr<'_>) -> Result<(), SpoolError> {
 }
 
 /// Publishes one CEL event with the current configuration.
-pub fn log_cel(event: &CelEvent<'_>) -> Result<(), SpoolError> {
+pub fn log_cel(event: &CelEvent<'_>) -> Result<(), AppendError> {
     match current() {
         Some(running) => running.publish_cel(event),
         None => Ok(()),
@@ -477,91 +579,126 @@ pub fn status_text() -> String {
     let settings = &running.settings;
     let kafka = &settings.kafka;
     let stats = &running.stats;
-    let mut lines: Vec<(&str, String)> = vec![
+    let log = &running.log;
+    let statuses = lock(&running.delivery).statuses();
+    let counters = &log.counters;
+    let (depth_records, depth_bytes) = log.depth();
+    let mut lines: Vec<(String, String)> = vec![
         (
-            "Brokers",
+            "Brokers".into(),
             kafka.shown("bootstrap.servers").unwrap_or_default().into(),
         ),
         (
-            "Connection",
+            "Connection".into(),
             settings.connection.clone().unwrap_or_else(|| "-".into()),
         ),
-        ("Topic", settings.topic.clone()),
+        ("Topic".into(), settings.topic.clone()),
         (
-            "Key",
+            "Key".into(),
             settings
                 .key
                 .map_or_else(|| "(none)".to_string(), |k| k.name().to_string()),
         ),
-        ("Producer", "running".into()),
-        ("Running since", format_system_time(running.started)),
-        ("Received", Stats::get(&stats.received).to_string()),
-        ("Queued", Stats::get(&stats.queued).to_string()),
-        ("Delivered", Stats::get(&stats.delivered).to_string()),
-        ("Failed", Stats::get(&stats.failed).to_string()),
-        ("In flight", running.publisher.in_flight().to_string()),
-        ("Spooled", Stats::get(&stats.spooled).to_string()),
-        ("Spool depth", {
-            let (records, bytes) = running.spool.depth();
-            format!("{records} records, {bytes} bytes")
-        }),
+        ("Running since".into(), format_system_time(running.started)),
+        ("Received".into(), Stats::get(&stats.received).to_string()),
+        ("Spooled".into(), Stats::get(&stats.spooled).to_string()),
+        ("Refused".into(), Stats::get(&stats.failed).to_string()),
+    ];
+    let total = |pick: fn(&DestinationStats) -> &AtomicU64| -> u64 {
+        statuses
+            .iter()
+            .map(|status| DestinationStats::get(pick(&status.stats)))
+            .sum()
+    };
+    lines.extend([
+        ("Queued".into(), total(|s| &s.offered).to_string()),
+        ("Delivered".into(), total(|s| &s.delivered).to_string()),
+        ("Failed".into(), total(|s| &s.failed).to_string()),
+        ("In flight".into(), total(|s| &s.in_flight).to_string()),
+        ("Replayed".into(), total(|s| &s.replayed).to_string()),
+        ("Retried".into(), total(|s| &s.retried).to_string()),
         (
-            "Oldest undelivered",
-            running.spool.oldest_undelivered_age().map_or_else(
-                || "(none)".to_string(),
-                |age| format!("at most {age} s old"),
+            "Spool depth".into(),
+            format!("{depth_records} records, {depth_bytes} bytes"),
+        ),
+        (
+            "Oldest undelivered".into(),
+            log.oldest_undelivered_age()
+                .map_or_else(|| "(none)".to_string(), |age| format!("{age} s old")),
+        ),
+        (
+            "Dead-lettered".into(),
+            format!(
+                "{} (in {})",
+                total(|s| &s.failed),
+                lock(&running.delivery).dead_letter_path().display()
             ),
         ),
-        ("Replayed", Stats::get(&stats.replayed).to_string()),
         (
-            "Duplicates possible",
-            Stats::get(&stats.duplicates_possible).to_string(),
+            "Spool refused".into(),
+            Stats::get(&counters.refused).to_string(),
         ),
         (
-            "Dead-lettered",
-            running
-                .spool
-                .counters
-                .dead_lettered
-                .load(Ordering::Relaxed)
-                .to_string(),
+            "Spool sync errors".into(),
+            Stats::get(&counters.sync_errors).to_string(),
+        ),
+        ("Rebuilds".into(), total(|s| &s.rebuilds).to_string()),
+        ("CEL".into(), cel_status(&settings.cel)),
+        (
+            "CEL received".into(),
+            Stats::get(&stats.cel_received).to_string(),
         ),
         (
-            "Spool refused",
-            running
-                .spool
-                .counters
-                .refused
-                .load(Ordering::Relaxed)
-                .to_string(),
+            "CEL spooled".into(),
+            Stats::get(&stats.cel_spooled).to_string(),
         ),
         (
-            "Producer restarts",
-            Stats::get(&stats.producer_restarts).to_string(),
+            "CEL failed".into(),
+            Stats::get(&stats.cel_failed).to_string(),
         ),
-        ("CEL", cel_status(&settings.cel)),
-        ("CEL received", Stats::get(&stats.cel_received).to_string()),
-        ("CEL spooled", Stats::get(&stats.cel_spooled).to_string()),
-        ("CEL failed", Stats::get(&stats.cel_failed).to_string()),
         (
-            "Spool",
+            "Spool".into(),
             format!(
                 "{} (spool_sync = {})",
-                running.spool.settings().dir.display(),
-                running.spool.settings().sync.name()
+                log.dir().display(),
+                log.settings().sync.name()
             ),
         ),
-    ];
-    for (label, last) in [
-        ("Last error", stats.last_error()),
-        ("Last broker error", stats.last_broker_error()),
-    ] {
-        let text = match last {
-            Some((error, when)) => format!("{error} (at {})", format_system_time(when)),
-            None => "(none)".into(),
+    ]);
+    for status in &statuses {
+        let destination = &status.stats;
+        let thread = if destination.running.load(Ordering::Acquire) {
+            "feeder running"
+        } else {
+            "feeder stopped"
         };
-        lines.push((label, text));
+        let line = destination
+            .describe
+            .lock()
+            .map(|line| line.clone())
+            .unwrap_or_default();
+        lines.push((
+            format!("Destination {}", status.name),
+            format!(
+                "{line}; {thread}; delivered {}, failed {}, in flight {}, waiting {}",
+                DestinationStats::get(&destination.delivered),
+                DestinationStats::get(&destination.failed),
+                DestinationStats::get(&destination.in_flight),
+                status.waiting
+            ),
+        ));
+        if let Some((error, when)) = destination.last_error.lock().ok().and_then(|l| l.clone()) {
+            lines.push((
+                format!("Last error {}", status.name),
+                format!("{error} (at {})", format_system_time(when)),
+            ));
+        }
     }
+    let text = match stats.last_error() {
+        Some((error, when)) => format!("{error} (at {})", format_system_time(when)),
+        None => "(none)".into(),
+    };
+    lines.push(("Last error".into(), text));
     for property in [
         "security.protocol",
         "sasl.mechanisms",
@@ -569,7 +706,7 @@ pub fn status_text() -> String {
         "sasl.password",
     ] {
         if let Some(value) = kafka.shown(property) {
-            lines.push((property, value.to_string()));
+            lines.push((property.into(), value.to_string()));
         }
     }
     let mut text = String::new();

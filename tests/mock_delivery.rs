@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cdr_kafka::asterisk::host::Identity;
 use cdr_kafka::config::{self, ConfigError, Entry, HostCapabilities, Settings};
-use cdr_kafka::delivery::stats::Stats;
 use cdr_kafka::module::Running;
 use cdr_kafka::record::{self, Cdr, CdrTime, EncodeOptions};
 use rdkafka::config::ClientConfig;
@@ -161,12 +160,13 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// received, spooled, delivered, failed
-fn counters(stats: &Stats) -> [u64; 4] {
+fn counters(running: &Running) -> [u64; 4] {
+    let counts = running.counts();
     [
-        Stats::get(&stats.received),
-        Stats::get(&stats.spooled),
-        Stats::get(&stats.delivered),
-        Stats::get(&stats.failed),
+        counts.received,
+        counts.spooled,
+        counts.delivered,
+        counts.dead_lettered,
     ]
 }
 
@@ -280,7 +280,7 @@ fn records_arrive_with_key_and_headers() {
     unnamed.publish(&calls[0]).expect("spooled");
     let after = unix_seconds();
     wait_until("every record is delivered", || {
-        Stats::get(&named.stats.delivered) == 3 && Stats::get(&unnamed.stats.delivered) == 1
+        named.counts().delivered == 3 && unnamed.counts().delivered == 1
     });
 
     let messages = consume_all(&brokers, TOPIC);
@@ -328,13 +328,9 @@ fn records_arrive_with_key_and_headers() {
         serde_json::from_slice(message.payload().expect("payload")).expect("JSON");
     assert!(json.get("SystemName").is_none(), "{json}");
 
-    assert_eq!(counters(&named.stats), [3, 3, 3, 0]);
-    assert_eq!(counters(&unnamed.stats), [1, 1, 1, 0]);
-    assert_eq!(
-        named.spool.depth().0,
-        0,
-        "delivered records leave the spool"
-    );
+    assert_eq!(counters(&named), [3, 3, 3, 0]);
+    assert_eq!(counters(&unnamed), [1, 1, 1, 0]);
+    assert_eq!(named.log.depth().0, 0, "delivered records leave the spool");
     assert_eq!(named.shutdown(), 0);
     assert_eq!(unnamed.shutdown(), 0);
 }
@@ -355,7 +351,7 @@ fn thousands_of_records_while_the_broker_is_down_all_arrive_once_in_order() {
         .publish(&answered_call("1705312100.0"))
         .expect("spooled");
     wait_until("the first record is delivered", || {
-        Stats::get(&running.stats.delivered) == 1
+        running.counts().delivered == 1
     });
 
     cluster.broker_down(ALL_BROKERS).expect("broker down");
@@ -363,15 +359,15 @@ fn thousands_of_records_while_the_broker_is_down_all_arrive_once_in_order() {
     for id in &ids {
         running.publish(&answered_call(id)).expect("spooled");
     }
-    assert_eq!(Stats::get(&running.stats.delivered), 1);
-    assert_eq!(running.spool.depth().0, COUNT as u64);
+    assert_eq!(running.counts().delivered, 1);
+    assert_eq!(running.log.depth().0, COUNT as u64);
 
     cluster.broker_up(ALL_BROKERS).expect("broker up");
     wait_until("every record is delivered after the outage", || {
-        Stats::get(&running.stats.delivered) == 1 + COUNT as u64
+        running.counts().delivered == 1 + COUNT as u64
     });
     assert_eq!(
-        counters(&running.stats),
+        counters(&running),
         [1 + COUNT as u64, 1 + COUNT as u64, 1 + COUNT as u64, 0]
     );
 
@@ -382,7 +378,7 @@ fn thousands_of_records_while_the_broker_is_down_all_arrive_once_in_order() {
         "none twice"
     );
     assert_eq!(keys(&messages[1..]), as_keys(&ids), "spool order kept");
-    assert_eq!(running.spool.depth().0, 0);
+    assert_eq!(running.log.depth().0, 0);
     assert_eq!(running.shutdown(), 0);
 }
 
@@ -415,15 +411,15 @@ fn full_librdkafka_queue_leaves_records_in_the_spool_not_on_the_floor() {
         running.in_flight() == QUEUE
     });
     assert_eq!(
-        running.spool.depth().0,
+        running.log.depth().0,
         COUNT as u64,
         "the rest waits on disk"
     );
-    assert_eq!(Stats::get(&running.stats.failed), 0);
+    assert_eq!(running.counts().dead_lettered, 0);
 
     cluster.broker_up(ALL_BROKERS).expect("broker up");
     wait_until("every record is delivered", || {
-        Stats::get(&running.stats.delivered) == COUNT as u64
+        running.counts().delivered == COUNT as u64
     });
     let messages = consume_all(&brokers, TOPIC);
     assert_eq!(
@@ -455,18 +451,18 @@ fn records_that_time_out_in_librdkafka_are_tried_again_from_the_spool() {
     }
     // Long enough for several rounds of timeouts and retries.
     std::thread::sleep(Duration::from_millis(2000));
-    assert_eq!(Stats::get(&running.stats.delivered), 0);
+    assert_eq!(running.counts().delivered, 0);
     assert_eq!(
-        running.spool.depth().0,
+        running.log.depth().0,
         COUNT as u64,
         "nothing dropped on timeout"
     );
 
     cluster.broker_up(ALL_BROKERS).expect("broker up");
     wait_until("every record is delivered", || {
-        Stats::get(&running.stats.delivered) == COUNT as u64
+        running.counts().delivered == COUNT as u64
     });
-    assert_eq!(Stats::get(&running.stats.failed), 0);
+    assert_eq!(running.counts().dead_lettered, 0);
     let messages = consume_all(&brokers, TOPIC);
     let counts = record_id_counts(&messages);
     assert_eq!(counts.len(), COUNT, "every record arrived");
@@ -500,18 +496,18 @@ fn shutdown_with_broker_down_is_bounded_and_the_next_start_delivers_everything_o
     cluster.broker_up(ALL_BROKERS).expect("broker up");
     let restarted =
         Running::start(settings(&brokers, &conf), identity("pbx-01", &spool)).expect("producer");
-    assert_eq!(restarted.spool.recovery.records, COUNT as u64);
+    assert_eq!(restarted.counts().waiting, COUNT as u64);
     wait_until("the spooled records are delivered", || {
-        Stats::get(&restarted.stats.delivered) == COUNT as u64
+        restarted.counts().delivered == COUNT as u64
     });
-    assert_eq!(Stats::get(&restarted.stats.replayed), COUNT as u64);
+    assert_eq!(restarted.counts().replayed, COUNT as u64);
     let messages = consume_all(&brokers, TOPIC);
     assert_eq!(
         keys(&messages),
         as_keys(&ids),
         "all of them, once, in order"
     );
-    assert_eq!(restarted.spool.depth().0, 0);
+    assert_eq!(restarted.log.depth().0, 0);
     assert_eq!(restarted.shutdown(), 0);
 }
 
@@ -533,13 +529,13 @@ fn record_the_broker_refuses_for_good_goes_to_the_dead_letter_file() {
         .publish(&answered_call("refused.1"))
         .expect("spooled");
     wait_until("the refused record is dead-lettered", || {
-        Stats::get(&running.stats.failed) == 1
+        running.counts().dead_lettered == 1
     });
     running
         .publish(&answered_call("accepted.2"))
         .expect("spooled");
     wait_until("the next record is delivered", || {
-        Stats::get(&running.stats.delivered) == 1
+        running.counts().delivered == 1
     });
     let dead = std::fs::read_to_string(spool.0.join("cdr_kafka/dead-letter.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(dead.trim()).expect("one JSON line");
@@ -551,7 +547,7 @@ fn record_the_broker_refuses_for_good_goes_to_the_dead_letter_file() {
         serde_json::from_str(line["payload"].as_str().unwrap()).expect("the record");
     assert_eq!(payload["linkedid"], "refused.1");
     assert_eq!(
-        running.spool.depth().0,
+        running.log.depth().0,
         0,
         "a dead letter does not block the spool"
     );
@@ -575,7 +571,7 @@ fn fatal_producer_error_recreates_the_producer_and_loses_nothing() {
         .publish(&answered_call("1705312100.0"))
         .expect("spooled");
     wait_until("the first record is delivered", || {
-        Stats::get(&running.stats.delivered) == 1
+        running.counts().delivered == 1
     });
     // An out-of-order sequence is fatal to librdkafka's idempotent producer.
     cluster.request_errors(
@@ -587,13 +583,13 @@ fn fatal_producer_error_recreates_the_producer_and_loses_nothing() {
         running.publish(&answered_call(id)).expect("spooled");
     }
     wait_until("every record is delivered by a new producer", || {
-        Stats::get(&running.stats.delivered) == 1 + COUNT as u64
+        running.counts().delivered == 1 + COUNT as u64
     });
-    assert!(Stats::get(&running.stats.producer_restarts) >= 1);
+    assert!(running.counts().rebuilds >= 1);
     let messages = consume_all(&brokers, TOPIC);
     let counts = record_id_counts(&messages);
     assert_eq!(counts.len(), 1 + COUNT, "nothing lost");
-    assert_eq!(running.spool.depth().0, 0);
+    assert_eq!(running.log.depth().0, 0);
     assert_eq!(running.shutdown(), 0);
 }
 

@@ -1,0 +1,396 @@
+//! One feeder thread per destination: it reads the log from that destination's cursor
+//! in batches, hands the records over, and writes the confirmations to the
+//! destination's ledger once per pass. It wakes once per batching window (sooner only
+//! when the log is filling up), never once per record.
+//!
+//! The thread owns the destination and its ledger; it hands both back when stopped,
+//! so a reload can replace the destination and keep the ledger.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::dead_letter::DeadLetters;
+use super::destination::{Destination, Offer, Outcome};
+use super::log::{Ledger, Log, ReadBatch, StoredRecord, SyncPolicy};
+use crate::ast_log;
+use crate::ratelimit::{suppressed_note, RateLimit};
+
+/// Most bytes read from the log in one go.
+const BATCH_BYTES: usize = 1024 * 1024;
+/// The pause between passes while the log holds much of `spool_max_bytes`.
+const PRESSURE_WINDOW: Duration = Duration::from_millis(2);
+/// How long a broken destination waits before it is rebuilt again.
+const REBUILD_PAUSE: Duration = Duration::from_secs(1);
+
+/// How a feeder paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeederSettings {
+    /// Records appended wait at most this long before they are handed over together.
+    pub batch_window: Duration,
+    /// How long stopping waits for records in flight.
+    pub flush_timeout: Duration,
+}
+
+/// Counters of one destination; the status reads them. None can wrap.
+#[derive(Debug, Default)]
+pub struct DestinationStats {
+    /// Records handed over (again after a retry).
+    pub offered: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Records dead-lettered.
+    pub failed: AtomicU64,
+    /// Records offered again after a failure or a rebuild.
+    pub retried: AtomicU64,
+    /// Records of an earlier run handed over.
+    pub replayed: AtomicU64,
+    /// Records the log could not read back intact (skipped).
+    pub damaged: AtomicU64,
+    pub rebuilds: AtomicU64,
+    pub in_flight: AtomicU64,
+    /// Every record below it is confirmed.
+    pub watermark: AtomicU64,
+    /// The feeder thread runs.
+    pub running: AtomicBool,
+    /// The destination's own line, refreshed each pass.
+    pub describe: Mutex<String>,
+    pub last_error: Mutex<Option<(String, std::time::SystemTime)>>,
+}
+
+impl DestinationStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn set_last_error(&self, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some((error, std::time::SystemTime::now()));
+        }
+    }
+}
+
+pub struct Feeder {
+    log: Arc<Log>,
+    ledger: Ledger,
+    destination: Box<dyn Destination>,
+    dead_letters: Arc<DeadLetters>,
+    stats: Arc<DestinationStats>,
+    settings: FeederSettings,
+    /// The next sequence number to read.
+    cursor: u64,
+    retries: VecDeque<u64>,
+    /// Refused records whose dead letter could not be written yet.
+    refusals: VecDeque<(u64, String)>,
+    outcomes: Vec<(u64, Outcome)>,
+    batch: ReadBatch,
+    last_sync: Instant,
+    next_rebuild: Option<Instant>,
+    read_error_log: RateLimit,
+    dead_letter_log: RateLimit,
+}
+
+impl Feeder {
+    pub fn new(
+        log: Arc<Log>,
+        ledger: Ledger,
+        destination: Box<dyn Destination>,
+        dead_letters: Arc<DeadLetters>,
+        stats: Arc<DestinationStats>,
+        settings: FeederSettings,
+    ) -> Self {
+        let cursor = ledger.state().watermark;
+        Self {
+            log,
+            ledger,
+            destination,
+            dead_letters,
+            stats,
+            settings,
+            cursor,
+            retries: VecDeque::new(),
+            refusals: VecDeque::new(),
+            outcomes: Vec::new(),
+            batch: ReadBatch::default(),
+            last_sync: Instant::now(),
+            next_rebuild: None,
+            read_error_log: RateLimit::new(10),
+            dead_letter_log: RateLimit::new(10),
+        }
+    }
+
+    /// Passes until `stop`, then flushes (bounded) and hands back the destination and
+    /// its ledger with the number of records still unconfirmed (they stay in the log).
+    pub fn run(mut self, stop: &AtomicBool) -> (Box<dyn Destination>, Ledger, u64) {
+        self.stats.running.store(true, Ordering::Release);
+        while !stop.load(Ordering::Acquire) {
+            self.pass();
+            let window = if self.log.under_pressure() {
+                PRESSURE_WINDOW
+            } else {
+                self.settings.batch_window
+            };
+            self.log.wait(window);
+        }
+        self.destination.flush(self.settings.flush_timeout);
+        self.settle();
+        let _ = self.ledger.sync();
+        self.log.maintain();
+        let unconfirmed = self.destination.in_flight();
+        self.stats.running.store(false, Ordering::Release);
+        (self.destination, self.ledger, unconfirmed)
+    }
+
+    /// One pass: outcomes in, a rebuild if needed, records out, confirmations down.
+    pub fn pass(&mut self) {
+        self.settle();
+        if let Some(reason) = self.destination.broken() {
+            self.rebuild(&reason);
+        }
+        if self.next_rebuild.is_none() {
+            self.offer_all();
+        }
+        self.stats
+            .in_flight
+            .store(self.destination.in_flight(), Ordering::Relaxed);
+        self.stats
+            .watermark
+            .store(self.ledger.state().watermark, Ordering::Relaxed);
+        if let Ok(mut line) = self.stats.describe.lock() {
+            *line = self.destination.describe();
+        }
+        self.write_ledger();
+        self.log.maintain();
+    }
+
+    fn rebuild(&mut self, reason: &str) {
+        if self.next_rebuild.is_none() {
+            ast_log!(
+                Error,
+                "destination '{}' broke, rebuilding it (its records wait in the spool): {reason}",
+                self.destination.name()
+            );
+            self.stats.set_last_error(reason.to_string());
+            DestinationStats::add(&self.stats.rebuilds, 1);
+        }
+        if self.next_rebuild.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        match self.destination.rebuild() {
+            Ok(()) => {
+                self.next_rebuild = None;
+                // Whatever it held may or may not have arrived: offered again.
+                self.retries.clear();
+                let from = self.ledger.state().watermark;
+                let offered_again = self.log.count_from(from);
+                DestinationStats::add(&self.stats.retried, offered_again);
+                self.cursor = from;
+            }
+            Err(error) => {
+                ast_log!(
+                    Error,
+                    "cannot rebuild destination '{}': {error}",
+                    self.destination.name()
+                );
+                self.next_rebuild = Some(Instant::now() + REBUILD_PAUSE);
+            }
+        }
+    }
+
+    /// Takes in the destination's outcomes.
+    fn settle(&mut self) {
+        self.destination.collect(&mut self.outcomes);
+        let outcomes = std::mem::take(&mut self.outcomes);
+        for (seq, outcome) in outcomes.iter().cloned() {
+            match outcome {
+                Outcome::Delivered => {
+                    if self.ledger.ack(seq) {
+                        DestinationStats::add(&self.stats.delivered, 1);
+                    }
+                }
+                Outcome::Retry => self.retries.push_back(seq),
+                Outcome::Refused(reason) => self.refusals.push_back((seq, reason)),
+            }
+        }
+        self.outcomes = outcomes;
+        self.outcomes.clear();
+        self.dead_letter_refusals();
+    }
+
+    fn dead_letter_refusals(&mut self) {
+        while let Some((seq, reason)) = self.refusals.pop_front() {
+            if self.ledger.is_acked(seq) {
+                continue;
+            }
+            match self.log.read_one(seq, &mut self.batch) {
+                Ok(false) => {
+                    self.ledger.ack(seq);
+                }
+                Ok(true) => {
+                    let written = match self.batch.records().next() {
+                        Some((_, Some(record))) => self
+                            .dead_letters
+                            .write(self.destination.name(), &record, &reason)
+                            .map(|()| record_refused(&self.stats, &reason, &record)),
+                        _ => {
+                            DestinationStats::add(&self.stats.damaged, 1);
+                            Ok(())
+                        }
+                    };
+                    match written {
+                        Ok(()) => {
+                            self.ledger.ack(seq);
+                        }
+                        Err(error) => {
+                            self.refusals.push_front((seq, reason));
+                            if let Some(held) = self.dead_letter_log.check() {
+                                ast_log!(
+                                    Error,
+                                    "cannot write {} (the record stays in the spool): {error}{}",
+                                    self.dead_letters.path().display(),
+                                    suppressed_note(held)
+                                );
+                            }
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.refusals.push_front((seq, reason));
+                    self.read_failed(&error);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_failed(&mut self, error: &std::io::Error) {
+        self.stats
+            .set_last_error(format!("cannot read the spool: {error}"));
+        if let Some(held) = self.read_error_log.check() {
+            ast_log!(
+                Error,
+                "cannot read the spool (records wait there): {error}{}",
+                suppressed_note(held)
+            );
+        }
+    }
+
+    /// Hands over retries first, then what was appended since the last pass, until the
+    /// destination is full or everything is out.
+    fn offer_all(&mut self) {
+        while let Some(seq) = self.retries.pop_front() {
+            if self.ledger.is_acked(seq) {
+                continue;
+            }
+            match self.log.read_one(seq, &mut self.batch) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(error) => {
+                    self.retries.push_front(seq);
+                    self.read_failed(&error);
+                    return;
+                }
+            }
+            DestinationStats::add(&self.stats.retried, 1);
+            if !self.offer_batch() {
+                self.retries.push_front(seq);
+                return;
+            }
+        }
+        loop {
+            match self
+                .log
+                .read_batch(self.cursor, BATCH_BYTES, &mut self.batch)
+            {
+                Ok(()) if self.batch.is_empty() => return,
+                Ok(()) => {}
+                Err(error) => {
+                    self.read_failed(&error);
+                    return;
+                }
+            }
+            if !self.offer_batch() {
+                return;
+            }
+        }
+    }
+
+    /// Offers the records of `self.batch`; false when the destination is full (the
+    /// cursor then points at the first record not taken).
+    fn offer_batch(&mut self) -> bool {
+        let batch = std::mem::take(&mut self.batch);
+        let mut all_taken = true;
+        for (seq, record) in batch.records() {
+            // Numbers missing before `seq` are not in the log (damage found at open).
+            while self.cursor < seq {
+                self.ledger.ack(self.cursor);
+                self.cursor += 1;
+            }
+            if self.ledger.is_acked(seq) {
+                self.cursor = self.cursor.max(seq + 1);
+                continue;
+            }
+            let Some(record) = record else {
+                DestinationStats::add(&self.stats.damaged, 1);
+                self.ledger.ack(seq);
+                self.cursor = self.cursor.max(seq + 1);
+                continue;
+            };
+            match self.destination.offer(&record) {
+                Offer::Taken => {
+                    DestinationStats::add(&self.stats.offered, 1);
+                    if seq < self.log.first_new_seq {
+                        DestinationStats::add(&self.stats.replayed, 1);
+                    }
+                }
+                Offer::Full => {
+                    all_taken = false;
+                    break;
+                }
+                Offer::Refused(reason) => self.refusals.push_back((seq, reason)),
+            }
+            self.cursor = self.cursor.max(seq + 1);
+        }
+        self.batch = batch;
+        if !self.refusals.is_empty() {
+            self.dead_letter_refusals();
+        }
+        all_taken
+    }
+
+    /// Writes this pass's confirmations, synced as `spool_sync` says.
+    fn write_ledger(&mut self) {
+        if let Err(error) = self.ledger.write() {
+            self.stats
+                .set_last_error(format!("cannot write the ledger: {error}"));
+            return;
+        }
+        let settings = self.log.settings();
+        match settings.sync {
+            SyncPolicy::Always => {}
+            SyncPolicy::Never => self.ledger.publish_unsynced(),
+            SyncPolicy::Interval => {
+                if self.last_sync.elapsed() >= settings.sync_interval {
+                    self.last_sync = Instant::now();
+                    if let Err(error) = self.ledger.sync() {
+                        self.stats
+                            .set_last_error(format!("cannot sync the ledger: {error}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn record_refused(stats: &DestinationStats, reason: &str, record: &StoredRecord<'_>) {
+    DestinationStats::add(&stats.failed, 1);
+    stats.set_last_error(format!(
+        "record {} dead-lettered: {reason}",
+        record.record_id
+    ));
+}
