@@ -104,6 +104,7 @@ impl Feeder {
         settings: FeederSettings,
     ) -> Self {
         let cursor = ledger.state().watermark;
+        stats.watermark.store(cursor, Ordering::Relaxed);
         Self {
             log,
             ledger,

@@ -202,6 +202,9 @@ fn apply(state: &mut AckState, kind: u8, body: &[u8]) {
 /// The confirmed positions one destination published for the log.
 #[derive(Debug, Default)]
 pub struct Watermarks {
+    /// Below it, every record is confirmed (in memory: what the status and
+    /// `spool_max_bytes` count as delivered).
+    pub confirmed: AtomicU64,
     /// Below it, every record is confirmed and the confirmation is written down (and
     /// synced as `spool_sync` says): the log may delete those records.
     pub durable: AtomicU64,
@@ -254,6 +257,9 @@ impl Ledger {
         };
         let published = Arc::new(Watermarks::default());
         published.durable.store(state.watermark, Ordering::Release);
+        published
+            .confirmed
+            .store(state.watermark, Ordering::Release);
         let mut ledger = Self {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -296,6 +302,9 @@ impl Ledger {
         let fresh = self.state.ack(seq);
         if fresh {
             self.unwritten.push(seq);
+            self.published
+                .confirmed
+                .store(self.state.watermark, Ordering::Release);
         }
         fresh
     }
@@ -305,6 +314,9 @@ impl Ledger {
         if seq > self.state.watermark {
             self.state.raise_to(seq);
             self.needs_snapshot = true;
+            self.published
+                .confirmed
+                .store(self.state.watermark, Ordering::Release);
         }
     }
 

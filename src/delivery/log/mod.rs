@@ -236,6 +236,14 @@ impl State {
             .min()
     }
 
+    /// Below it, every destination confirmed every record (perhaps not yet on disk).
+    fn confirmed_below(&self) -> Option<u64> {
+        self.destinations
+            .iter()
+            .map(|(_, marks)| marks.confirmed.load(Ordering::Acquire))
+            .min()
+    }
+
     fn undelivered_bytes(&self, below: u64) -> u64 {
         self.segments.values().map(|s| s.bytes_from(below)).sum()
     }
@@ -638,7 +646,8 @@ impl Log {
                 .filter_map(|id| state.segments.remove(id))
                 .map(|s| s.path)
                 .collect();
-            state.undelivered = state.undelivered_bytes(below);
+            let confirmed = state.confirmed_below().unwrap_or(below);
+            state.undelivered = state.undelivered_bytes(confirmed);
             if self.settings.max_bytes == 0 || state.undelivered * 8 <= self.settings.max_bytes {
                 self.pressure_signalled.store(false, Ordering::Release);
             }
@@ -737,7 +746,7 @@ impl Log {
     /// Records not yet confirmed by every destination, and their bytes.
     pub fn depth(&self) -> (u64, u64) {
         let state = lock(&self.state);
-        let below = state.delivered_below().unwrap_or(0);
+        let below = state.confirmed_below().unwrap_or(0);
         let records = state
             .segments
             .values()
@@ -759,7 +768,7 @@ impl Log {
 
     /// Age in seconds of the oldest record some destination has not confirmed.
     pub fn oldest_undelivered_age(&self) -> Option<u64> {
-        let below = lock(&self.state).delivered_below()?;
+        let below = lock(&self.state).confirmed_below()?;
         let mut batch = ReadBatch::default();
         self.read_batch(below, 0, &mut batch).ok()?;
         let captured = batch.records().next()?.1?.captured_ms;
