@@ -526,7 +526,7 @@ fn report_unconfirmed(unconfirmed: u64, flush_timeout: Duration) {
     if unconfirmed > 0 {
         ast_log!(
             Warning,
-            "{unconfirmed} record(s) were not confirmed within flush_timeout_ms = {}; \
+            "{unconfirmed} record(s) were not confirmed by the broker within flush_timeout_ms = {}; \
              they stay in the spool and are delivered by the next producer",
             flush_timeout.as_millis()
         );

@@ -48,16 +48,17 @@ fn fullest_segment(root: &Root) -> PathBuf {
     let mut segments: Vec<PathBuf> = fs::read_dir(root.path.join(SPOOL))
         .expect("spool folder")
         .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
         .collect();
     segments.sort_by_key(|path| fs::metadata(path).map_or(0, |m| m.len()));
     segments.pop().expect("a segment")
 }
 
-/// Byte offsets of the entries of a segment (each starts with the spool's magic).
+/// Byte offsets of the entries of a segment (each starts with the entry magic of
+/// docs/spool-format.md).
 fn entry_offsets(segment: &Path) -> Vec<usize> {
     let data = fs::read(segment).expect("segment");
-    let magic = 0xCD4B_5350u32.to_le_bytes();
+    let magic = 0xCD4B_4C45u32.to_le_bytes();
     data.windows(4)
         .enumerate()
         .filter(|(_, window)| *window == magic)
@@ -91,7 +92,7 @@ fn torn_tail_and_flipped_bit_are_reported_and_the_rest_is_delivered() {
     asterisk.load_module();
     let log = asterisk.log();
     assert!(
-        log.contains("1 torn tail(s) cut off, 1 damaged entr(ies) skipped"),
+        log.contains("1 torn tail(s) cut off, 1 damaged run(s) of bytes skipped"),
         "{log}"
     );
     let expected = received - 2;
@@ -163,7 +164,7 @@ fn full_spool_refuses_new_records_loudly_and_keeps_asterisk_fast() {
     }
     let refused = asterisk.counter("Spool refused");
     assert!(refused > 0, "{}", asterisk.rx("cdr kafka show status"));
-    assert_eq!(asterisk.counter("Failed"), refused);
+    assert_eq!(asterisk.counter("Refused"), refused);
     assert!(asterisk
         .log()
         .contains("a CDR is lost: the spool refused it: the spool holds spool_max_bytes = 3000"));

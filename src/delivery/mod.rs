@@ -14,6 +14,8 @@ pub mod feeder;
 pub mod kafka;
 pub mod log;
 pub mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

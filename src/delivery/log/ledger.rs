@@ -234,7 +234,7 @@ pub fn ledger_path(dir: &Path, name: &str) -> PathBuf {
 
 impl Ledger {
     /// Opens the ledger of `name`: its saved state, or a new one whose first record is
-    /// `start` (nothing before it is this destination's).
+    /// `start`.
     pub fn open(
         io: Io,
         dir: &Path,
@@ -275,8 +275,10 @@ impl Ledger {
             published,
         };
         if file_bytes == 0 || damaged > 0 {
-            // Start clean: one snapshot of what was read.
-            ledger.compact()?;
+            // Start clean with one snapshot of what was read, now or (disk full) at the
+            // first write: until then nothing is lost, records are only offered again.
+            ledger.needs_snapshot = true;
+            let _ = ledger.write();
         }
         Ok((ledger, damaged))
     }

@@ -353,12 +353,18 @@ impl Log {
             first_new_seq: recovered.next_seq,
         };
         let started = log.start_segment(&mut lock(&log.writer));
-        started
-            .and_then(|()| log.io.sync_dir(&log.dir))
-            .map_err(|error| LogError::Io {
-                what: format!("starting a segment in {}", log.dir.display()),
-                error,
-            })?;
+        match started.and_then(|()| log.io.sync_dir(&log.dir)) {
+            Ok(()) => {}
+            // A full disk is given back as recovered records are delivered: load, and
+            // let appends start the segment once there is room.
+            Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => {}
+            Err(error) => {
+                return Err(LogError::Io {
+                    what: format!("starting a segment in {}", log.dir.display()),
+                    error,
+                })
+            }
+        }
         Ok(log)
     }
 
@@ -503,23 +509,24 @@ impl Log {
         Ok(())
     }
 
-    /// Registers a destination: its ledger (new ones start at the next record), whose
-    /// published watermark keeps what it has not confirmed in the log.
+    /// Registers a destination: its ledger, whose published watermark keeps what it has
+    /// not confirmed in the log. A new destination starts at the oldest record the log
+    /// holds, so a crash before its ledger reached the disk skips nothing.
     pub fn register(&self, name: &str) -> Result<Ledger, LogError> {
-        let (head, first) = {
+        let first = {
             let state = lock(&self.state);
             let first = state
                 .segments
                 .values()
                 .find_map(|s| s.entries.first().map(|e| e.seq))
                 .unwrap_or(state.next_seq);
-            (state.next_seq, first)
+            first
         };
         let (mut ledger, _damaged) = Ledger::open(
             self.io.clone(),
             &self.dir,
             name,
-            head,
+            first,
             self.settings.sync == SyncPolicy::Always,
         )
         .map_err(|error| LogError::Io {
@@ -777,4 +784,4 @@ impl Log {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -116,3 +116,240 @@ fn confirmed_records_are_not_handed_again_and_numbers_are_never_reused() {
     // The old records are all delivered: numbering goes on, never restarts at 0.
     assert_eq!(append(&log, 10).unwrap(), 10);
 }
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn flipped_length_bit_on_disk_costs_that_entry_only() {
+    let dir = TempDir::new("bit");
+    {
+        let log = Log::open(settings(&dir.0)).unwrap();
+        log.register("global").unwrap();
+        for n in 0..50 {
+            append(&log, n).unwrap();
+        }
+    }
+    let path = segment_files(&dir.0).pop().unwrap();
+    let mut data = fs::read(&path).unwrap();
+    let scan = format::scan_entries(&data[format::SEGMENT_HEADER_LEN..]);
+    let second = format::SEGMENT_HEADER_LEN + scan.entries[1].offset;
+    data[second + 5] ^= 0x01;
+    fs::write(&path, &data).unwrap();
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(log.recovery.damaged, 1);
+    assert_eq!(log.recovery.torn_tails, 0);
+    let mut expected = ids(0..50);
+    expected.remove(1);
+    assert_eq!(pending_ids(&log, &ledger), expected);
+}
+
+#[test]
+fn torn_tail_is_cut_off_and_everything_before_survives() {
+    let dir = TempDir::new("torn");
+    {
+        let log = Log::open(settings(&dir.0)).unwrap();
+        log.register("global").unwrap();
+        for n in 0..5 {
+            append(&log, n).unwrap();
+        }
+    }
+    let path = segment_files(&dir.0).pop().unwrap();
+    let length = fs::metadata(&path).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(length - 7)
+        .unwrap();
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(log.recovery.torn_tails, 1);
+    assert_eq!(pending_ids(&log, &ledger), ids(0..4));
+    // The cut record's number is free again: it was never appended.
+    assert_eq!(append(&log, 4).unwrap(), 4);
+}
+
+#[test]
+fn leftover_ledger_of_an_old_run_never_confirms_new_records() {
+    // The old engine's loss: a stale acknowledgement adopted by a new segment.
+    let dir = TempDir::new("stale");
+    {
+        let log = Log::open(settings(&dir.0)).unwrap();
+        let mut ledger = log.register("global").unwrap();
+        for n in 0..3 {
+            append(&log, n).unwrap();
+            ledger.ack(n);
+        }
+        ledger.write().unwrap();
+        ledger.publish_unsynced();
+        log.maintain();
+    }
+    for segment in segment_files(&dir.0) {
+        fs::remove_file(segment).unwrap();
+    }
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(
+        append(&log, 3).unwrap(),
+        3,
+        "numbering goes on from the ledger"
+    );
+    assert_eq!(pending_ids(&log, &ledger), ids(3..4));
+}
+
+#[test]
+fn full_spool_counts_undelivered_bytes_only() {
+    let dir = TempDir::new("max");
+    let log = Log::open(LogSettings {
+        max_bytes: 4096,
+        ..settings(&dir.0)
+    })
+    .unwrap();
+    let mut ledger = log.register("global").unwrap();
+    // Delivered as they come: thousands of records through a 4 KiB limit.
+    for n in 0..2000 {
+        let seq = append(&log, n).expect("room: everything before was delivered");
+        ledger.ack(seq);
+        if n % 10 == 9 {
+            ledger.write().unwrap();
+            ledger.publish_unsynced();
+            log.maintain();
+        }
+    }
+    assert_eq!(log.counters.refused.load(Ordering::Relaxed), 0);
+    // Undelivered, they fill it: refused and counted, exactly.
+    let mut refused = 0;
+    for n in 0..100 {
+        if append(&log, n).is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused > 50, "{refused}");
+    assert_eq!(log.counters.refused.load(Ordering::Relaxed), refused);
+}
+
+#[test]
+fn delivered_current_segment_gives_its_space_back() {
+    let dir = TempDir::new("giveback");
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let mut ledger = log.register("global").unwrap();
+    let big = vec![b'x'; 4000];
+    for n in 0..200 {
+        log.append(&NewRecord {
+            kind: RecordKind::Cdr,
+            record_id: &format!("id-{n}"),
+            topic: "t",
+            key: None,
+            headers: &[],
+            payload: &big,
+        })
+        .unwrap();
+    }
+    let bytes = |dir: &Path| -> u64 {
+        segment_files(dir)
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    assert!(bytes(&dir.0) > 800_000);
+    for seq in 0..200 {
+        ledger.ack(seq);
+    }
+    ledger.write().unwrap();
+    ledger.publish_unsynced();
+    log.maintain();
+    assert!(bytes(&dir.0) < 1000, "{}", bytes(&dir.0));
+    assert_eq!(append(&log, 200).unwrap(), 200);
+}
+
+/// Runs appends with one fault injected at operation `n`; returns which appends
+/// returned Ok, the refusal count, and the folder to reopen.
+fn appends_with_fault(dir: &Path, sync: SyncPolicy, n: u64, fault: Fault) -> (Vec<bool>, u64) {
+    let io = Io::with_faults(FaultPlan::default().at(n, None, fault));
+    let Ok(log) = Log::open_with(
+        LogSettings {
+            sync,
+            ..settings(dir)
+        },
+        io,
+    ) else {
+        return (Vec::new(), 0);
+    };
+    // The module appends only once its destinations are registered (load order).
+    if log.register("global").is_err() {
+        return (Vec::new(), 0);
+    }
+    let results: Vec<bool> = (0..6).map(|k| append(&log, k).is_ok()).collect();
+    let refused = log.counters.refused.load(Ordering::Relaxed);
+    (results, refused)
+}
+
+#[test]
+fn every_io_failure_leaves_each_record_kept_or_refused_and_counted() {
+    let faults = [
+        Fault::Errno(libc::ENOSPC),
+        Fault::Errno(libc::EIO),
+        Fault::Errno(libc::EMFILE),
+        Fault::Short(10),
+        Fault::Crash,
+    ];
+    for sync in [SyncPolicy::Always, SyncPolicy::Never] {
+        for fault in faults {
+            for n in 0..40 {
+                let dir = TempDir::new("fault");
+                let (results, refused) = appends_with_fault(&dir.0, sync, n, fault);
+                let kept: Vec<String> = results
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, ok)| **ok)
+                    .map(|(k, _)| format!("id-{k}"))
+                    .collect();
+                if fault != Fault::Crash {
+                    assert_eq!(
+                        refused,
+                        results.iter().filter(|ok| !**ok).count() as u64,
+                        "{sync:?} {fault:?} at {n}"
+                    );
+                }
+                let log = Log::open(settings(&dir.0)).unwrap();
+                let ledger = log.register("global").unwrap();
+                assert_eq!(
+                    pending_ids(&log, &ledger),
+                    kept,
+                    "{sync:?} {fault:?} at operation {n}: what was kept is exactly what was accepted"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn appends_resume_by_themselves_once_the_disk_has_room_again() {
+    let dir = TempDir::new("resume");
+    let mut plan = FaultPlan::default();
+    for n in 0..200 {
+        plan = plan.at(n, Some(Op::Write), Fault::Errno(libc::ENOSPC));
+    }
+    let io = Io::with_faults(plan);
+    let log = Log::open_with(settings(&dir.0), io.clone()).unwrap();
+    let ledger = log.register("global").unwrap();
+    let mut accepted = Vec::new();
+    for n in 0..300 {
+        if append(&log, n).is_ok() {
+            accepted.push(format!("id-{n}"));
+        }
+    }
+    assert!(!accepted.is_empty() && accepted.len() < 300);
+    assert_eq!(append(&log, 999).map(|_| ()).ok(), Some(()));
+    accepted.push("id-999".into());
+    assert_eq!(pending_ids(&log, &ledger), accepted);
+}

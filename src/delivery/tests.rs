@@ -1,0 +1,293 @@
+//! The engine with destinations of the tests' own (no Kafka): every destination gets
+//! every record once and in order from its own cursor, the log keeps a record until
+//! all of them confirmed it, and a stopped destination goes on where it stopped.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::destination::{Destination, Offer, Outcome};
+use super::feeder::FeederSettings;
+use super::log::tests::{append, settings, TempDir};
+use super::log::{Log, StoredRecord};
+use super::Delivery;
+
+/// What a memory destination did, shared with the test.
+#[derive(Default)]
+struct Seen {
+    delivered: Vec<String>,
+    /// Record ids refused for good.
+    refuse: Vec<String>,
+    /// Takes nothing while set.
+    full: bool,
+    /// Breaks (as a fatal producer error) once when this many records were taken.
+    break_at: Option<usize>,
+}
+
+struct MemoryDestination {
+    name: String,
+    seen: Arc<Mutex<Seen>>,
+    taken: VecDeque<(u64, String)>,
+    broken: bool,
+    count: usize,
+}
+
+impl MemoryDestination {
+    fn boxed(name: &str, seen: &Arc<Mutex<Seen>>) -> Box<dyn Destination> {
+        Box::new(Self {
+            name: name.into(),
+            seen: Arc::clone(seen),
+            taken: VecDeque::new(),
+            broken: false,
+            count: 0,
+        })
+    }
+}
+
+impl Destination for MemoryDestination {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn offer(&mut self, record: &StoredRecord<'_>) -> Offer {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.full || self.broken {
+            return Offer::Full;
+        }
+        if seen.refuse.iter().any(|id| id == record.record_id) {
+            return Offer::Refused("refused by the test".into());
+        }
+        self.count += 1;
+        if seen.break_at == Some(self.count) {
+            seen.break_at = None;
+            self.broken = true;
+            return Offer::Full;
+        }
+        self.taken
+            .push_back((record.seq, record.record_id.to_string()));
+        Offer::Taken
+    }
+
+    fn collect(&mut self, outcomes: &mut Vec<(u64, Outcome)>) {
+        if self.broken {
+            return;
+        }
+        let mut seen = self.seen.lock().unwrap();
+        for (seq, id) in self.taken.drain(..) {
+            seen.delivered.push(id);
+            outcomes.push((seq, Outcome::Delivered));
+        }
+    }
+
+    fn broken(&mut self) -> Option<String> {
+        self.broken.then(|| "broken by the test".to_string())
+    }
+
+    fn rebuild(&mut self) -> Result<(), String> {
+        // What it held is gone with it: the feeder offers it again.
+        self.taken.clear();
+        self.broken = false;
+        Ok(())
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.taken.len() as u64
+    }
+
+    fn flush(&mut self, _timeout: Duration) {}
+
+    fn describe(&self) -> String {
+        format!("memory {}", self.name)
+    }
+}
+
+const FAST: FeederSettings = FeederSettings {
+    batch_window: Duration::from_millis(5),
+    flush_timeout: Duration::from_millis(100),
+};
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn ids(range: std::ops::Range<u64>) -> Vec<String> {
+    range.map(|n| format!("id-{n}")).collect()
+}
+
+fn delivered(seen: &Arc<Mutex<Seen>>) -> Vec<String> {
+    seen.lock().unwrap().delivered.clone()
+}
+
+#[test]
+fn two_destinations_each_get_every_record_once_in_order() {
+    let dir = TempDir::new("two");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let (a, b) = (Arc::default(), Arc::default());
+    delivery
+        .start(MemoryDestination::boxed("a", &a), FAST)
+        .unwrap();
+    delivery
+        .start(MemoryDestination::boxed("b", &b), FAST)
+        .unwrap();
+    for n in 0..2000 {
+        append(&log, n).unwrap();
+    }
+    wait_for("both have everything", || {
+        delivered(&a).len() == 2000 && delivered(&b).len() == 2000
+    });
+    assert_eq!(delivered(&a), ids(0..2000));
+    assert_eq!(delivered(&b), ids(0..2000));
+    wait_for("the log is empty", || log.depth().0 == 0);
+    delivery.shutdown();
+}
+
+#[test]
+fn log_keeps_records_until_the_slowest_destination_confirms() {
+    let dir = TempDir::new("slow");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let (fast, slow) = (Arc::default(), Arc::<Mutex<Seen>>::default());
+    slow.lock().unwrap().full = true;
+    delivery
+        .start(MemoryDestination::boxed("fast", &fast), FAST)
+        .unwrap();
+    delivery
+        .start(MemoryDestination::boxed("slow", &slow), FAST)
+        .unwrap();
+    for n in 0..300 {
+        append(&log, n).unwrap();
+    }
+    wait_for("the fast one has everything", || {
+        delivered(&fast).len() == 300
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(log.depth().0, 300, "the slow one has confirmed nothing");
+    slow.lock().unwrap().full = false;
+    wait_for("the slow one has everything", || {
+        delivered(&slow).len() == 300
+    });
+    assert_eq!(delivered(&slow), ids(0..300));
+    wait_for("the log is empty", || log.depth().0 == 0);
+    delivery.shutdown();
+}
+
+#[test]
+fn stopped_destination_goes_on_where_it_stopped() {
+    let dir = TempDir::new("stop");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let (keep, paused) = (Arc::default(), Arc::default());
+    delivery
+        .start(MemoryDestination::boxed("keep", &keep), FAST)
+        .unwrap();
+    delivery
+        .start(MemoryDestination::boxed("paused", &paused), FAST)
+        .unwrap();
+    for n in 0..100 {
+        append(&log, n).unwrap();
+    }
+    wait_for("the paused one has the first 100", || {
+        delivered(&paused).len() == 100
+    });
+    assert_eq!(delivery.stop("paused"), Some(0));
+    for n in 100..250 {
+        append(&log, n).unwrap();
+    }
+    wait_for("the other one has everything", || {
+        delivered(&keep).len() == 250
+    });
+    delivery
+        .start(MemoryDestination::boxed("paused", &paused), FAST)
+        .unwrap();
+    wait_for("the paused one caught up", || {
+        delivered(&paused).len() == 250
+    });
+    assert_eq!(
+        delivered(&paused),
+        ids(0..250),
+        "nothing lost, nothing doubled"
+    );
+    delivery.shutdown();
+}
+
+#[test]
+fn refused_record_is_dead_lettered_and_the_rest_flows() {
+    let dir = TempDir::new("refuse");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let seen = Arc::<Mutex<Seen>>::default();
+    seen.lock().unwrap().refuse.push("id-3".into());
+    delivery
+        .start(MemoryDestination::boxed("global", &seen), FAST)
+        .unwrap();
+    for n in 0..10 {
+        append(&log, n).unwrap();
+    }
+    wait_for("the rest arrived", || delivered(&seen).len() == 9);
+    wait_for("the log is empty", || log.depth().0 == 0);
+    let text = std::fs::read_to_string(delivery.dead_letter_path()).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["record_id"], "id-3");
+    assert_eq!(line["reason"], "refused by the test");
+    assert_eq!(line["destination"], "global");
+    assert_eq!(line["payload"], "{\"n\":3}");
+    delivery.shutdown();
+}
+
+#[test]
+fn broken_destination_is_rebuilt_and_loses_nothing() {
+    let dir = TempDir::new("broken");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let seen = Arc::<Mutex<Seen>>::default();
+    seen.lock().unwrap().break_at = Some(40);
+    delivery
+        .start(MemoryDestination::boxed("global", &seen), FAST)
+        .unwrap();
+    for n in 0..100 {
+        append(&log, n).unwrap();
+    }
+    wait_for("everything arrived", || {
+        let got = delivered(&seen);
+        ids(0..100).iter().all(|id| got.contains(id))
+    });
+    let statuses = delivery.statuses();
+    assert!(super::feeder::DestinationStats::get(&statuses[0].stats.rebuilds) >= 1);
+    assert!(
+        super::feeder::DestinationStats::get(&statuses[0].stats.failed) == 0,
+        "a broken destination never dead-letters"
+    );
+    delivery.shutdown();
+}
+
+#[test]
+fn records_wait_across_a_restart_and_arrive_once() {
+    let dir = TempDir::new("restart");
+    let seen = Arc::<Mutex<Seen>>::default();
+    {
+        let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+        let mut delivery = Delivery::new(Arc::clone(&log));
+        seen.lock().unwrap().full = true;
+        delivery
+            .start(MemoryDestination::boxed("global", &seen), FAST)
+            .unwrap();
+        for n in 0..500 {
+            append(&log, n).unwrap();
+        }
+        delivery.shutdown();
+    }
+    seen.lock().unwrap().full = false;
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    delivery
+        .start(MemoryDestination::boxed("global", &seen), FAST)
+        .unwrap();
+    wait_for("everything arrived", || delivered(&seen).len() == 500);
+    assert_eq!(delivered(&seen), ids(0..500));
+    delivery.shutdown();
+}
