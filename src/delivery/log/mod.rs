@@ -784,4 +784,6 @@ impl Log {
 }
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 pub(crate) mod tests;
