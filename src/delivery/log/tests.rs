@@ -353,3 +353,69 @@ fn appends_resume_by_themselves_once_the_disk_has_room_again() {
     accepted.push("id-999".into());
     assert_eq!(pending_ids(&log, &ledger), accepted);
 }
+
+/// A whole life of the log (appends, deliveries, confirmations, deletion, a segment
+/// given back) with the process cut off at operation `crash_at`; returns the records
+/// accepted and those confirmed durably before the cut.
+fn life_cut_off_at(dir: &Path, io: &Io) -> (Vec<String>, Vec<String>) {
+    let mut accepted = Vec::new();
+    let mut confirmed = Vec::new();
+    let Ok(log) = Log::open_with(settings(dir), io.clone()) else {
+        return (accepted, confirmed);
+    };
+    let Ok(mut ledger) = log.register("global") else {
+        return (accepted, confirmed);
+    };
+    let big = vec![b'x'; 3000];
+    for round in 0..3u64 {
+        let mut this_round = Vec::new();
+        for k in 0..40 {
+            let id = format!("id-{}", round * 40 + k);
+            let appended = log.append(&NewRecord {
+                kind: RecordKind::Cdr,
+                record_id: &id,
+                topic: "t",
+                key: None,
+                headers: &[],
+                payload: &big,
+            });
+            if let Ok(seq) = appended {
+                accepted.push(id.clone());
+                this_round.push((seq, id));
+            }
+        }
+        for (seq, _) in &this_round {
+            ledger.ack(*seq);
+        }
+        if ledger.write().is_ok() {
+            ledger.publish_unsynced();
+            confirmed.extend(this_round.into_iter().map(|(_, id)| id));
+        }
+        log.maintain();
+    }
+    (accepted, confirmed)
+}
+
+#[test]
+fn a_crash_at_any_step_loses_nothing_accepted_and_invents_nothing() {
+    let mut steps = 0;
+    for crash_at in 0..2000 {
+        let dir = TempDir::new("crash");
+        let io = Io::with_faults(FaultPlan::default().at(crash_at, None, Fault::Crash));
+        let (accepted, confirmed) = life_cut_off_at(&dir.0, &io);
+        let log = Log::open(settings(&dir.0)).unwrap();
+        let ledger = log.register("global").unwrap();
+        let pending = pending_ids(&log, &ledger);
+        for id in &pending {
+            assert!(accepted.contains(id), "crash at {crash_at}: {id} never accepted");
+        }
+        for id in accepted.iter().filter(|id| !confirmed.contains(id)) {
+            assert!(pending.contains(id), "crash at {crash_at}: {id} lost");
+        }
+        steps = crash_at;
+        if !io.has_crashed() {
+            break;
+        }
+    }
+    assert!(steps > 100, "the whole life was cut at every step ({steps})");
+}
