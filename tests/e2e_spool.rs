@@ -214,3 +214,120 @@ fn second_asterisk_on_the_same_spool_folder_is_refused() {
         asterisk.log()
     );
 }
+
+/// How often each `record_id` occurs on a topic.
+fn record_ids(root: &Root, brokers: &str, topic: &str) -> std::collections::HashMap<String, usize> {
+    root.count_by(brokers, topic, "record_id")
+}
+
+#[test]
+fn one_mib_spool_limit_refuses_nothing_under_a_flood_with_the_broker_up() {
+    let root = Root::from_env();
+    let _one = lock(&root);
+    let tansu = Tansu::start();
+    tansu.create_topic("calls");
+    let conf = cdr_kafka_conf(&tansu.brokers(), "calls", "spool_max_bytes = 1048576\n");
+    let asterisk = Asterisk::start(&root, &conf, TZ);
+    asterisk.load_module();
+    // Connected first: records that arrive before the producer has reached the broker
+    // wait as in any outage (that is the full-disk test below).
+    asterisk.flood(2);
+    assert_eq!(asterisk.wait_for_counter("Delivered", 2, WAIT), 2);
+    asterisk.flood(6000);
+    assert_eq!(asterisk.wait_for_counter("Received", 6002, WAIT), 6002);
+    assert_eq!(asterisk.wait_for_counter("Delivered", 6002, WAIT), 6002);
+    assert_eq!(
+        asterisk.counter("Spool refused"),
+        0,
+        "only undelivered bytes count against spool_max_bytes"
+    );
+    let ids = record_ids(&root, &tansu.brokers(), "calls");
+    assert_eq!(ids.len(), 6002);
+    assert!(ids.values().all(|&n| n == 1), "none twice");
+}
+
+/// Bytes of the spool's segment files.
+fn segment_bytes(root: &Root) -> u64 {
+    fs::read_dir(root.path.join(SPOOL))
+        .expect("spool folder")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "log"))
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// A small tmpfs mounted over the spool folder; unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(path: PathBuf, size: &str) -> Self {
+        fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount a tmpfs on {}", path.display());
+        Self(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_during_an_outage_refuses_counts_and_recovers_by_itself() {
+    let root = Root::from_env();
+    let _one = lock(&root);
+    let disk = SmallDisk::mount(root.path.join(SPOOL), "3m");
+    let asterisk = Asterisk::start(&root, &cdr_kafka_conf(NO_BROKER, "calls", ""), TZ);
+    asterisk.load_module();
+    asterisk.flood(8002);
+    assert_eq!(asterisk.wait_for_counter("Received", 8002, WAIT), 8002);
+    let spooled = asterisk.counter("Spooled");
+    let refused = asterisk.counter("Refused");
+    assert!(refused > 0, "the disk filled up");
+    assert_eq!(
+        spooled + refused,
+        8002,
+        "each record kept or refused, never both"
+    );
+    assert!(asterisk.rx("core show version").contains("Asterisk 22"));
+
+    // The broker is back: everything kept is delivered, once.
+    let tansu = Tansu::start();
+    tansu.create_topic("calls");
+    asterisk.write_config(
+        "cdr_kafka.conf",
+        &cdr_kafka_conf(&tansu.brokers(), "calls", ""),
+    );
+    asterisk.rx("module reload cdr_kafka.so");
+    assert_eq!(
+        asterisk.wait_for_counter("Delivered", spooled, WAIT),
+        spooled
+    );
+
+    // The space of delivered records is given back: new records flow again.
+    asterisk.flood(602);
+    assert_eq!(asterisk.wait_for_counter("Received", 8604, WAIT), 8604);
+    assert_eq!(
+        asterisk.wait_for_counter("Delivered", spooled + 602, WAIT),
+        spooled + 602
+    );
+    assert_eq!(asterisk.counter("Refused"), refused, "nothing more refused");
+    let ids = record_ids(&root, &tansu.brokers(), "calls");
+    assert_eq!(ids.len(), spooled + 602);
+    assert!(ids.values().all(|&n| n == 1), "none twice");
+    drop(asterisk);
+    drop(disk);
+}

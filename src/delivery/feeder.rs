@@ -376,7 +376,8 @@ impl Feeder {
             SyncPolicy::Always => {}
             SyncPolicy::Never => self.ledger.publish_unsynced(),
             SyncPolicy::Interval => {
-                if self.last_sync.elapsed() >= settings.sync_interval {
+                let due = self.last_sync.elapsed() >= settings.sync_interval;
+                if due || self.log.short_of_space() {
                     self.last_sync = Instant::now();
                     if let Err(error) = self.ledger.sync() {
                         self.stats

@@ -292,6 +292,9 @@ pub struct Log {
     /// Feeders wait here between passes; an append wakes them only under pressure.
     wake: (Mutex<u64>, Condvar),
     pressure_signalled: AtomicBool,
+    /// An append failed for lack of space: confirmations are synced at once, so that
+    /// delivered segments can be given back without waiting for the sync interval.
+    short_of_space: AtomicBool,
     last_sync: Mutex<Instant>,
     pub counters: LogCounters,
     pub recovery: Recovery,
@@ -347,6 +350,7 @@ impl Log {
             state: Mutex::new(state),
             wake: (Mutex::new(0), Condvar::new()),
             pressure_signalled: AtomicBool::new(false),
+            short_of_space: AtomicBool::new(false),
             last_sync: Mutex::new(Instant::now()),
             counters: LogCounters::default(),
             recovery: recovered.report,
@@ -390,8 +394,11 @@ impl Log {
         writer.buffer.clear();
         format::encode_entry(record, writer.next_seq, captured_ms, &mut writer.buffer);
         let result = self.append_buffered(writer);
-        if result.is_err() {
+        if let Err(error) = &result {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            if matches!(error, AppendError::Io { .. }) {
+                self.short_of_space.store(true, Ordering::Release);
+            }
         }
         result
     }
@@ -452,6 +459,9 @@ impl Log {
             self.settings.max_bytes > 0 && state.undelivered * 8 > self.settings.max_bytes
         };
         self.counters.appended.fetch_add(1, Ordering::Relaxed);
+        if self.short_of_space.load(Ordering::Relaxed) {
+            self.short_of_space.store(false, Ordering::Release);
+        }
         if pressure && !self.pressure_signalled.swap(true, Ordering::AcqRel) {
             self.wake_feeders();
         }
@@ -613,6 +623,12 @@ impl Log {
         lock(&self.state).next_seq
     }
 
+    /// An append failed on the disk since the last segment was started: feeders sync
+    /// their confirmations at once.
+    pub fn short_of_space(&self) -> bool {
+        self.short_of_space.load(Ordering::Acquire)
+    }
+
     /// Whether destinations should not wait their whole batching window: the log holds
     /// an eighth of `spool_max_bytes` undelivered.
     pub fn under_pressure(&self) -> bool {
@@ -706,7 +722,9 @@ impl Log {
         }
         let worth_it = match &writer.segment {
             None => true,
-            Some(active) => writer.broken || active.bytes >= ROTATE_DELIVERED_BYTES,
+            Some(active) => {
+                writer.broken || self.short_of_space() || active.bytes >= ROTATE_DELIVERED_BYTES
+            }
         };
         if !worth_it {
             return;
@@ -725,7 +743,9 @@ impl Log {
             lock(&self.state).dir_dirty = true;
         }
         // On failure the next append tries again.
-        let _ = self.start_segment(&mut writer);
+        if self.start_segment(&mut writer).is_ok() {
+            self.short_of_space.store(false, Ordering::Release);
+        }
     }
 
     fn sync_dir_if_dirty(&self) {

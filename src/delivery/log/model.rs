@@ -93,8 +93,12 @@ fn check(open: &Open, model: &Model) -> Result<(), TestCaseError> {
     for (d, ledger) in open.ledgers.iter().enumerate() {
         let got = pending(&open.log, ledger);
         let ids: Vec<&String> = got.iter().map(|(_, id)| id).collect();
-        let kept: BTreeMap<&String, usize> =
-            model.kept.iter().enumerate().map(|(i, id)| (id, i)).collect();
+        let kept: BTreeMap<&String, usize> = model
+            .kept
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .collect();
         // Nothing that was never appended; in the order appended.
         let mut last = None;
         for id in &ids {
@@ -107,11 +111,7 @@ fn check(open: &Open, model: &Model) -> Result<(), TestCaseError> {
         for id in &model.kept {
             let confirmed = model.durable[d].contains(id) || model.in_memory[d].contains(id);
             if !confirmed && !model.may_be_lost.contains(id) {
-                prop_assert!(
-                    ids.contains(&id),
-                    "{id} lost for {}",
-                    DESTINATIONS[d]
-                );
+                prop_assert!(ids.contains(&id), "{id} lost for {}", DESTINATIONS[d]);
             }
         }
     }
@@ -145,7 +145,9 @@ fn damage(dir: &Path, file: u8, position: u16, bits: u8) -> Option<Option<String
     let touched = format::scan_entries(body)
         .entries
         .iter()
-        .find(|e| (SEGMENT_HEADER_LEN + e.offset..SEGMENT_HEADER_LEN + e.offset + e.len).contains(&at))
+        .find(|e| {
+            (SEGMENT_HEADER_LEN + e.offset..SEGMENT_HEADER_LEN + e.offset + e.len).contains(&at)
+        })
         .and_then(|e| {
             let start = SEGMENT_HEADER_LEN + e.offset;
             format::decode_entry(&data[start..start + e.len])
@@ -197,7 +199,11 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             Step::Maintain => state.log.maintain(),
             Step::Crash => {
                 prop_assert_eq!(
-                    state.log.counters.refused.load(std::sync::atomic::Ordering::Relaxed),
+                    state
+                        .log
+                        .counters
+                        .refused
+                        .load(std::sync::atomic::Ordering::Relaxed),
                     refused_here
                 );
                 drop(current.take());

@@ -407,7 +407,10 @@ fn a_crash_at_any_step_loses_nothing_accepted_and_invents_nothing() {
         let ledger = log.register("global").unwrap();
         let pending = pending_ids(&log, &ledger);
         for id in &pending {
-            assert!(accepted.contains(id), "crash at {crash_at}: {id} never accepted");
+            assert!(
+                accepted.contains(id),
+                "crash at {crash_at}: {id} never accepted"
+            );
         }
         for id in accepted.iter().filter(|id| !confirmed.contains(id)) {
             assert!(pending.contains(id), "crash at {crash_at}: {id} lost");
@@ -417,5 +420,8 @@ fn a_crash_at_any_step_loses_nothing_accepted_and_invents_nothing() {
             break;
         }
     }
-    assert!(steps > 100, "the whole life was cut at every step ({steps})");
+    assert!(
+        steps > 100,
+        "the whole life was cut at every step ({steps})"
+    );
 }
