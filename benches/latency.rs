@@ -1,5 +1,5 @@
 //! Latency from `Running::publish` returning (the record is in the spool) to its delivery
-//! report, at a steady 1,000 records/s with default settings (linger_ms = 5, acks = all,
+//! report, at a steady 1,000 records/s with default settings (linger_ms = 100, acks = all,
 //! idempotent, spool_sync = interval), into librdkafka's mock cluster and into tansu on
 //! 127.0.0.1; p50 / p99 / max. Baseline in the same run: librdkafka alone (a `BaseProducer`
 //! with the same settings, payload and headers), from `send` returning to the report.
@@ -41,7 +41,8 @@ use rdkafka::producer::{
 };
 use rdkafka::ClientContext;
 
-const TARGET_P99_MS: f64 = 50.0;
+/// Billing needs seconds, not milliseconds: batching may trade latency up to this bound.
+const TARGET_P99_MS: f64 = 250.0;
 /// Records delivered before the clock starts: connection, metadata, producer id.
 const WARMUP: u64 = 100;
 

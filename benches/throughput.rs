@@ -268,7 +268,6 @@ fn run_module(brokers: &str, topic: &str, plan: &Plan, broker: &Broker) -> Run {
     if depth != 0 {
         eprintln!("  {depth} record(s) still in the spool");
     }
-    let running = Arc::try_unwrap(running).unwrap_or_else(|_| panic!("the module is shared"));
     let unconfirmed = running.shutdown();
     if unconfirmed != 0 {
         eprintln!("  {unconfirmed} record(s) unconfirmed at shutdown");
@@ -456,7 +455,7 @@ fn main() {
     };
     let which = std::env::var("CDR_KAFKA_BENCH_BROKERS").unwrap_or_else(|_| "mock,tansu".into());
     println!(
-        "Sustained throughput, typical CDR, default settings (spool_sync = interval, linger_ms = 5, \
+        "Sustained throughput, typical CDR, default settings (spool_sync = interval, linger_ms = 100, \
          acks = all, idempotent), {} records and at least {} s per run, at most {} records ahead \
          of the delivery reports ({})",
         common::thousands(plan.records),
