@@ -37,19 +37,24 @@ cdr_kafka.so: FORCE
 
 FORCE:
 
+# Each file gets the owner and group of the folder it goes into: Debian's Asterisk runs as
+# user asterisk and cannot read a root:root 0640 cdr_kafka.conf in a root:asterisk /etc/asterisk.
+owner_of = $$(stat -c '-o %u -g %g' $(1))
+
 install:
 	@test -f $(MODULE) || { echo "$(MODULE) is not built: run make first"; exit 1; }
 	install -d $(DESTDIR)$(ASTMODDIR) $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty
 	# A new file, never an overwrite: the running Asterisk may have the old one mapped.
 	rm -f $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so
-	install -m 0755 $(MODULE) $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so
-	install -m 0644 documentation/cdr_kafka_config-en_US.xml $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty/
+	install -m 0755 $(call owner_of,$(DESTDIR)$(ASTMODDIR)) $(MODULE) $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so
+	install -m 0644 $(call owner_of,$(DESTDIR)$(ASTDATADIR)/documentation/thirdparty) \
+		documentation/cdr_kafka_config-en_US.xml $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty/
 
 samples:
 	install -d $(DESTDIR)$(ASTETCDIR)
 	if [ -f $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf ]; then \
 		mv -f $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf.old; fi
-	install -m 0640 cdr_kafka.conf.sample $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf
+	install -m 0640 $(call owner_of,$(DESTDIR)$(ASTETCDIR)) cdr_kafka.conf.sample $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf
 
 # The tests and the demo need root: debootstrap, chroot and mount.
 sandbox:

@@ -317,24 +317,53 @@ static int load_module(void)
 	return AST_MODULE_LOAD_SUCCESS;
 }
 
+/*
+ * Lets go of the CDR backend; 0 when no CDR callback can run any more.
+ *
+ * Outside shutdown Asterisk refuses to unregister a backend while CDRs are active, and says
+ * how many (it alone can count them): the unload is then refused and the module keeps
+ * running, as Asterisk's own backends do, so those calls' CDRs reach us when they end.
+ * Suspending first would make Asterisk let us go and those CDRs would reach nobody.
+ * At shutdown there is no later: Asterisk ignores what unload returns and unmaps the module
+ * anyway (loader.c, modules_shutdown), so we suspend, unregister, and say what was not
+ * captured. Shutdown waits for the calls to end first, so that is rare.
+ */
+static int unregister_cdr_backend(void)
+{
+	int channels;
+
+	if (!ast_cdr_unregister(BACKEND_NAME)) {
+		return 0;
+	}
+	/* Asterisk's own warning above gave the number of active CDRs. */
+	channels = ast_active_channels();
+	if (!ast_shutting_down()) {
+		ast_log(LOG_WARNING, "cdr_kafka: unload refused: calls are still up (%d channel%s), "
+			"and their CDRs are still active (counted in the warning above). cdr_kafka keeps "
+			"running and publishes them when the calls end; unload once they have ended\n",
+			channels, channels == 1 ? "" : "s");
+		return -1;
+	}
+	/* Asterisk refuses only a backend that is not suspended. */
+	ast_cdr_backend_suspend(BACKEND_NAME);
+	ast_cdr_unregister(BACKEND_NAME);
+	ast_log(LOG_ERROR, "cdr_kafka: Asterisk is shutting down with CDRs still active (counted in "
+		"the warning above; %d channel%s still up): those CDRs are not captured by cdr_kafka\n",
+		channels, channels == 1 ? " was" : "s were");
+	return 0;
+}
+
 static int unload_module(void)
 {
 	struct rust_call stop = { .function = cdr_kafka_unload };
-	int cel_was_registered = cel_registered;
 
-	host_cel_unregister();
-	/* A suspended backend may be unregistered while CDRs are still active. */
-	ast_cdr_backend_suspend(BACKEND_NAME);
-	if (ast_cdr_unregister(BACKEND_NAME)) {
-		ast_cdr_backend_unsuspend(BACKEND_NAME);
-		ast_log(LOG_WARNING, "cdr_kafka: Asterisk refused to unregister the CDR backend; still running\n");
-		if (cel_was_registered) {
-			host_cel_register();
-		}
+	/* First, while nothing has changed yet: a refusal leaves CDR and CEL running as they were. */
+	if (unregister_cdr_backend()) {
 		return -1;
 	}
+	host_cel_unregister();
 	ast_cli_unregister_multiple(cli_entries, ARRAY_LEN(cli_entries));
-	/* No CDR callback runs after unregister returned: now the producer may go. */
+	/* No CDR or CEL callback runs after their unregister returned: now the producer may go. */
 	run_on_short_thread(&stop);
 	return 0;
 }

@@ -34,6 +34,7 @@ unsigned char ast_eid_default[6];
 
 #define NEVER_CALLED(name) int name(void) { return -1; }
 NEVER_CALLED(__ast_cli_register_multiple)
+NEVER_CALLED(ast_active_channels)
 NEVER_CALLED(ast_category_browse_filtered)
 NEVER_CALLED(ast_category_first)
 NEVER_CALLED(ast_category_get_name)
@@ -52,6 +53,7 @@ NEVER_CALLED(ast_eid_to_str)
 NEVER_CALLED(ast_get_version)
 NEVER_CALLED(ast_localtime)
 NEVER_CALLED(ast_log)
+NEVER_CALLED(ast_shutting_down)
 NEVER_CALLED(ast_var_name)
 NEVER_CALLED(ast_var_value)
 NEVER_CALLED(cdr_kafka_load)

@@ -814,6 +814,25 @@ impl<'r> Asterisk<'r> {
         ));
     }
 
+    /// Appends `text` (contexts of a test's own) to extensions.conf and reloads the dialplan.
+    pub fn add_dialplan(&self, text: &str) {
+        let path = self.root.path.join("etc/asterisk/extensions.conf");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
+        self.rx("dialplan reload");
+    }
+
+    /// Waits until at least `count` channels are up; returns how many there are then.
+    pub fn wait_for_channels(&self, count: usize, timeout: Duration) -> usize {
+        wait_for(&format!("{count} channels to be up"), timeout, || {
+            let up = self.active_channels();
+            (up >= count).then_some(up)
+        })
+    }
+
     /// Makes Asterisk post exactly `count` CDRs as fast as it reliably can, and returns once
     /// every channel of the flood has hung up; the backends get the CDRs a moment later
     /// (`wait_for_counter`). One `channel originate` into `cdrs<N>@cdrk` per 500 CDRs, the
