@@ -85,7 +85,7 @@ check-versions:
 	@set -e; for dir in $(ASTERISK_HEADERS)/*/; do \
 		echo "== Asterisk headers $$dir"; \
 		ASTERISK_INCLUDE_DIR=$$dir $(CARGO) build --release --lib --quiet; \
-		ASTERISK_INCLUDE_DIR=$$dir $(CARGO) test --release --lib --test glue_view --quiet; \
+		ASTERISK_INCLUDE_DIR=$$dir $(CARGO) test --release --lib --test glue_view --test glue_unload --quiet; \
 	done
 
 check:

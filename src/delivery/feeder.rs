@@ -21,8 +21,22 @@ use crate::ratelimit::{suppressed_note, RateLimit};
 const BATCH_BYTES: usize = 1024 * 1024;
 /// The pause between passes while the log holds much of `spool_max_bytes`.
 const PRESSURE_WINDOW: Duration = Duration::from_millis(2);
+/// How long a feeder with nothing to do sleeps, unless an append wakes it.
+const IDLE_WINDOW: Duration = Duration::from_secs(1);
 /// How long a broken destination waits before it is rebuilt again.
 const REBUILD_PAUSE: Duration = Duration::from_secs(1);
+
+/// When the next pass is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// At once (a few ms): the log is filling up, or the destination drains as fast as
+    /// it is fed.
+    Soon,
+    /// After the batching window (`linger_ms`).
+    Window,
+    /// Nothing to do: when the next record is appended (or within a second).
+    Idle,
+}
 
 /// How a feeder paces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,13 +143,11 @@ impl Feeder {
     pub fn run(mut self, stop: &AtomicBool) -> (Box<dyn Destination>, Ledger, u64) {
         self.stats.running.store(true, Ordering::Release);
         while !stop.load(Ordering::Acquire) {
-            self.pass();
-            let window = if self.log.under_pressure() {
-                PRESSURE_WINDOW
-            } else {
-                self.settings.batch_window
-            };
-            self.log.wait(window);
+            match self.pass() {
+                Next::Soon => self.log.wait(PRESSURE_WINDOW),
+                Next::Window => self.log.wait(self.settings.batch_window),
+                Next::Idle => self.log.wait_for_append(self.cursor, IDLE_WINDOW),
+            }
         }
         self.destination.flush(self.settings.flush_timeout);
         self.settle();
@@ -147,14 +159,17 @@ impl Feeder {
     }
 
     /// One pass: outcomes in, a rebuild if needed, records out, confirmations down.
-    pub fn pass(&mut self) {
-        self.settle();
+    /// Says when the next pass is due.
+    pub fn pass(&mut self) -> Next {
+        let settled = self.settle();
         if let Some(reason) = self.destination.broken() {
             self.rebuild(&reason);
         }
-        if self.next_rebuild.is_none() {
-            self.offer_all();
-        }
+        let (offered, stopped_full) = if self.next_rebuild.is_none() {
+            self.offer_all()
+        } else {
+            (0, false)
+        };
         self.stats
             .in_flight
             .store(self.destination.in_flight(), Ordering::Relaxed);
@@ -164,8 +179,25 @@ impl Feeder {
         if let Ok(mut line) = self.stats.describe.lock() {
             *line = self.destination.describe();
         }
+        let unwritten = self.ledger.has_unwritten();
         self.write_ledger();
         self.log.maintain();
+        let in_flight = self.destination.in_flight();
+        if self.log.under_pressure() || (stopped_full && settled > 0) {
+            // Filling up, or the destination takes records as fast as it confirms them.
+            Next::Soon
+        } else if offered == 0
+            && settled == 0
+            && in_flight == 0
+            && !unwritten
+            && self.retries.is_empty()
+            && self.refusals.is_empty()
+            && self.next_rebuild.is_none()
+        {
+            Next::Idle
+        } else {
+            Next::Window
+        }
     }
 
     fn rebuild(&mut self, reason: &str) {
@@ -202,8 +234,8 @@ impl Feeder {
         }
     }
 
-    /// Takes in the destination's outcomes.
-    fn settle(&mut self) {
+    /// Takes in the destination's outcomes; returns how many.
+    fn settle(&mut self) -> usize {
         self.destination.collect(&mut self.outcomes);
         let outcomes = std::mem::take(&mut self.outcomes);
         for (seq, outcome) in outcomes.iter().cloned() {
@@ -217,9 +249,11 @@ impl Feeder {
                 Outcome::Refused(reason) => self.refusals.push_back((seq, reason)),
             }
         }
+        let settled = outcomes.len();
         self.outcomes = outcomes;
         self.outcomes.clear();
         self.dead_letter_refusals();
+        settled
     }
 
     fn dead_letter_refusals(&mut self) {
@@ -282,8 +316,17 @@ impl Feeder {
     }
 
     /// Hands over retries first, then what was appended since the last pass, until the
-    /// destination is full or everything is out.
-    fn offer_all(&mut self) {
+    /// destination is full or everything is out. Returns how many records it offered
+    /// and whether it stopped on a full destination.
+    fn offer_all(&mut self) -> (u64, bool) {
+        let before = DestinationStats::get(&self.stats.offered);
+        let full = !self.offer_everything();
+        (DestinationStats::get(&self.stats.offered) - before, full)
+    }
+
+    /// False when the destination was full (true also when the log could not be read:
+    /// the next pass tries again).
+    fn offer_everything(&mut self) -> bool {
         while let Some(seq) = self.retries.pop_front() {
             if self.ledger.is_acked(seq) {
                 continue;
@@ -294,13 +337,13 @@ impl Feeder {
                 Err(error) => {
                     self.retries.push_front(seq);
                     self.read_failed(&error);
-                    return;
+                    return true;
                 }
             }
             DestinationStats::add(&self.stats.retried, 1);
             if !self.offer_batch() {
                 self.retries.push_front(seq);
-                return;
+                return false;
             }
         }
         loop {
@@ -308,15 +351,15 @@ impl Feeder {
                 .log
                 .read_batch(self.cursor, BATCH_BYTES, &mut self.batch)
             {
-                Ok(()) if self.batch.is_empty() => return,
+                Ok(()) if self.batch.is_empty() => return true,
                 Ok(()) => {}
                 Err(error) => {
                     self.read_failed(&error);
-                    return;
+                    return true;
                 }
             }
             if !self.offer_batch() {
-                return;
+                return false;
             }
         }
     }

@@ -21,7 +21,7 @@ mod recovery;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -295,6 +295,10 @@ pub struct Log {
     /// An append failed for lack of space: confirmations are synced at once, so that
     /// delivered segments can be given back without waiting for the sync interval.
     short_of_space: AtomicBool,
+    /// Feeders asleep for want of anything to do: the next append wakes them.
+    idle_feeders: AtomicUsize,
+    /// Records were appended since the last interval sync.
+    unsynced_appends: AtomicBool,
     last_sync: Mutex<Instant>,
     pub counters: LogCounters,
     pub recovery: Recovery,
@@ -351,6 +355,8 @@ impl Log {
             wake: (Mutex::new(0), Condvar::new()),
             pressure_signalled: AtomicBool::new(false),
             short_of_space: AtomicBool::new(false),
+            idle_feeders: AtomicUsize::new(0),
+            unsynced_appends: AtomicBool::new(false),
             last_sync: Mutex::new(Instant::now()),
             counters: LogCounters::default(),
             recovery: recovered.report,
@@ -461,6 +467,15 @@ impl Log {
         self.counters.appended.fetch_add(1, Ordering::Relaxed);
         if self.short_of_space.load(Ordering::Relaxed) {
             self.short_of_space.store(false, Ordering::Release);
+        }
+        if !self.unsynced_appends.load(Ordering::Relaxed) {
+            self.unsynced_appends.store(true, Ordering::Release);
+        }
+        // Pairs with the fence in `wait_for_append`: either the feeder sees this record
+        // before it sleeps, or this sees the sleeping feeder and wakes it.
+        fence(Ordering::SeqCst);
+        if self.idle_feeders.load(Ordering::Relaxed) > 0 {
+            self.wake_feeders();
         }
         if pressure && !self.pressure_signalled.swap(true, Ordering::AcqRel) {
             self.wake_feeders();
@@ -643,6 +658,20 @@ impl Log {
         let _ = condvar.wait_timeout_while(guard, timeout, |generation| *generation == seen);
     }
 
+    /// An idle feeder's sleep: until a record at or after `from` is appended (the append
+    /// wakes it), `timeout`, or a stop. Busy feeders never get woken by appends.
+    pub fn wait_for_append(&self, from: u64, timeout: Duration) {
+        let (mutex, condvar) = &self.wake;
+        let guard = lock(mutex);
+        let seen = *guard;
+        self.idle_feeders.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.next_seq() <= from {
+            let _ = condvar.wait_timeout_while(guard, timeout, |generation| *generation == seen);
+        }
+        self.idle_feeders.fetch_sub(1, Ordering::SeqCst);
+    }
+
     pub fn wake_feeders(&self) {
         let (mutex, condvar) = &self.wake;
         *lock(mutex) += 1;
@@ -757,9 +786,12 @@ impl Log {
 
     /// Forces everything appended so far, and the folder, to disk.
     pub fn sync_now(&self) {
+        // An idle log costs no fdatasync.
+        let appended = self.unsynced_appends.swap(false, Ordering::AcqRel);
         let current = lock(&self.writer)
             .segment
             .as_ref()
+            .filter(|_| appended)
             .map(|a| Arc::clone(&a.file));
         let unsynced = std::mem::take(&mut lock(&self.state).unsynced);
         for file in unsynced.iter().chain(current.as_ref()) {

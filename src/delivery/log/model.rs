@@ -231,7 +231,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let state = current.as_mut().expect("open");
     check(state, &model)?;
     // Everything appended is delivered at least once to each destination in the end.
-    for d in 0..DESTINATIONS.len() {
+    for (d, name) in DESTINATIONS.iter().enumerate() {
         for (seq, id) in pending(&state.log, &state.ledgers[d]) {
             state.ledgers[d].ack(seq);
             model.delivered[d].insert(id);
@@ -239,8 +239,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         for id in &model.kept {
             prop_assert!(
                 model.delivered[d].contains(id) || model.may_be_lost.contains(id),
-                "{id} never delivered to {}",
-                DESTINATIONS[d]
+                "{id} never delivered to {name}"
             );
         }
     }
