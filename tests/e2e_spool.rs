@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use support::{cdr_kafka_conf, Asterisk, Root, Tansu};
+use support::{cdr_kafka_conf, Asterisk, Manager, Root, Tansu, CDRS_PER_CALL};
 
 static ONE_ASTERISK: Mutex<()> = Mutex::new(());
 const WAIT: Duration = Duration::from_secs(30);
@@ -221,7 +221,7 @@ fn record_ids(root: &Root, brokers: &str, topic: &str) -> std::collections::Hash
 }
 
 #[test]
-fn one_mib_spool_limit_refuses_nothing_under_a_flood_with_the_broker_up() {
+fn one_mib_spool_limit_refuses_nothing_under_a_flood_of_calls_with_the_broker_up() {
     let root = Root::from_env();
     let _one = lock(&root);
     let tansu = Tansu::start();
@@ -229,20 +229,28 @@ fn one_mib_spool_limit_refuses_nothing_under_a_flood_with_the_broker_up() {
     let conf = cdr_kafka_conf(&tansu.brokers(), "calls", "spool_max_bytes = 1048576\n");
     let asterisk = Asterisk::start(&root, &conf, TZ);
     asterisk.load_module();
-    // Connected first: records that arrive before the producer has reached the broker
-    // wait as in any outage (that is the full-disk test below).
-    asterisk.flood(2);
-    assert_eq!(asterisk.wait_for_counter("Delivered", 2, WAIT), 2);
-    asterisk.flood(6000);
-    assert_eq!(asterisk.wait_for_counter("Received", 6002, WAIT), 6002);
-    assert_eq!(asterisk.wait_for_counter("Delivered", 6002, WAIT), 6002);
+    // 3,001 answered calls as fast as Asterisk takes them (over 3,000 CDRs a second
+    // here), each posting its own 2 CDRs: 6,002 records, several MB through a 1 MiB limit.
+    let mut manager = Manager::open(&asterisk);
+    for _ in 0..3001 {
+        manager.call(200);
+    }
+    let expected = 3001 * CDRS_PER_CALL;
+    assert_eq!(
+        asterisk.wait_for_counter("Received", expected, WAIT),
+        expected
+    );
+    assert_eq!(
+        asterisk.wait_for_counter("Delivered", expected, WAIT),
+        expected
+    );
     assert_eq!(
         asterisk.counter("Spool refused"),
         0,
         "only undelivered bytes count against spool_max_bytes"
     );
     let ids = record_ids(&root, &tansu.brokers(), "calls");
-    assert_eq!(ids.len(), 6002);
+    assert_eq!(ids.len(), expected);
     assert!(ids.values().all(|&n| n == 1), "none twice");
 }
 
