@@ -6,6 +6,7 @@
 //! and `unload` run on short-lived threads the glue starts; they alone start and stop
 //! destinations (and so librdkafka's threads), never a CDR callback.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -43,9 +44,43 @@ impl RecordIds {
         }
     }
 
-    fn next(&self) -> String {
+    fn next(&self) -> ShortText {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.prefix)
+        let mut text = ShortText::default();
+        let _ = write!(text, "{}-{n}", self.prefix);
+        text
+    }
+}
+
+/// A short text built on the stack (a record id, a timestamp): no allocation on the
+/// CDR thread. Longer text is cut, which the ids and numbers here never are.
+pub struct ShortText {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for ShortText {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl ShortText {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for ShortText {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let end = self.len + text.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -85,8 +120,6 @@ static RUNNING: RwLock<Option<Arc<Running>>> = RwLock::new(None);
 static SPOOL_REFUSED_LOG: RateLimit = RateLimit::new(10);
 static SKIPPED_VARIABLE_LOG: RateLimit = RateLimit::new(60);
 
-/// Typical record size: one allocation per record in the common case.
-const RECORD_CAPACITY: usize = 1024;
 /// The spool's folder inside Asterisk's spool folder (astspooldir).
 const SPOOL_SUBDIR: &str = "cdr_kafka";
 
@@ -289,8 +322,23 @@ impl Running {
     /// Encodes one CDR and appends it to the spool; the feeder takes it from there.
     pub fn publish(&self, cdr: &Cdr<'_>) -> Result<(), AppendError> {
         Stats::add(&self.stats.received);
-        let mut payload = Vec::with_capacity(RECORD_CAPACITY);
-        let report = record::encode(cdr, &self.encode, &mut payload);
+        let record_id = self.record_ids.next();
+        let key = self.settings.key.map(|field| field.key(cdr));
+        let timestamp = unix_seconds_text();
+        let mut headers = Headers::default();
+        self.headers(record_id.as_str(), timestamp.as_str(), &mut headers);
+        let record = NewRecord {
+            kind: RecordKind::Cdr,
+            record_id: record_id.as_str(),
+            topic: &self.settings.topic,
+            key: key.as_deref(),
+            headers: headers.as_slice(),
+            payload: &[],
+        };
+        // Encoded straight into the spool's buffer.
+        let (appended, report) = self
+            .log
+            .append_with(&record, |out| record::encode(cdr, &self.encode, out));
         if !report.skipped_variables.is_empty() {
             if let Some(held) = SKIPPED_VARIABLE_LOG.check() {
                 ast_log!(
@@ -301,31 +349,18 @@ impl Running {
                 );
             }
         }
-        let record_id = self.record_ids.next();
-        let key = self.settings.key.map(|field| field.key(cdr));
-        let timestamp = unix_seconds_text();
-        let mut headers = Headers::default();
-        self.headers(&record_id, &timestamp, &mut headers);
-        let record = NewRecord {
-            kind: RecordKind::Cdr,
-            record_id: &record_id,
-            topic: &self.settings.topic,
-            key: key.as_deref(),
-            headers: headers.as_slice(),
-            payload: &payload,
-        };
-        self.append(&record, &self.stats.spooled, &self.stats.failed, "CDR")
+        self.count_append(appended, &self.stats.spooled, &self.stats.failed, "CDR")
     }
 
-    /// Appends to the spool; a refusal is counted, remembered and logged (rate-limited).
-    fn append(
+    /// Counts an append; a refusal is also remembered and logged (rate-limited).
+    fn count_append(
         &self,
-        record: &NewRecord<'_>,
+        appended: Result<u64, AppendError>,
         spooled: &AtomicU64,
         failed: &AtomicU64,
         what: &str,
     ) -> Result<(), AppendError> {
-        match self.log.append(record) {
+        match appended {
             Ok(_) => {
                 Stats::add(spooled);
                 Ok(())
@@ -355,24 +390,25 @@ impl Running {
             return Ok(());
         }
         Stats::add(&self.stats.cel_received);
-        let mut payload = Vec::with_capacity(RECORD_CAPACITY);
-        cel::encode(event, &self.cel_encode, &mut payload);
         let record_id = self.record_ids.next();
         let key = settings.key.map(|field| field.key(event));
         let timestamp = unix_seconds_text();
         let mut headers = Headers::default();
-        self.headers(&record_id, &timestamp, &mut headers);
+        self.headers(record_id.as_str(), timestamp.as_str(), &mut headers);
         headers.push("event", name.as_bytes());
         let record = NewRecord {
             kind: RecordKind::Cel,
-            record_id: &record_id,
+            record_id: record_id.as_str(),
             topic: &settings.topic,
             key: key.as_deref(),
             headers: headers.as_slice(),
-            payload: &payload,
+            payload: &[],
         };
-        self.append(
-            &record,
+        let (appended, ()) = self
+            .log
+            .append_with(&record, |out| cel::encode(event, &self.cel_encode, out));
+        self.count_append(
+            appended,
             &self.stats.cel_spooled,
             &self.stats.cel_failed,
             "CEL event",
@@ -414,11 +450,13 @@ impl<'a> Headers<'a> {
 }
 
 /// Unix seconds now, as the `timestamp` header's text.
-fn unix_seconds_text() -> String {
-    SystemTime::now()
+fn unix_seconds_text() -> ShortText {
+    let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .to_string()
+        .map_or(0, |d| d.as_secs());
+    let mut text = ShortText::default();
+    let _ = write!(text, "{seconds}");
+    text
 }
 
 /// Reads the configuration, opens the log and starts the destinations. The error is

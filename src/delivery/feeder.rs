@@ -151,6 +151,8 @@ impl Feeder {
         }
         self.destination.flush(self.settings.flush_timeout);
         self.settle();
+        // What the flush confirmed is written down: not offered again after a restart.
+        let _ = self.ledger.write();
         let _ = self.ledger.sync();
         self.log.maintain();
         let unconfirmed = self.destination.in_flight();

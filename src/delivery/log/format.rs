@@ -116,6 +116,20 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Appends one framed entry to `out`.
 pub fn encode_entry(record: &NewRecord<'_>, seq: u64, captured_ms: u64, out: &mut Vec<u8>) {
+    encode_entry_with(record, seq, captured_ms, out, |out| {
+        out.extend_from_slice(record.payload)
+    });
+}
+
+/// Appends one framed entry to `out` whose payload `write_payload` appends in place
+/// (`record.payload` is not used): the record is encoded straight into the log's buffer.
+pub fn encode_entry_with<R>(
+    record: &NewRecord<'_>,
+    seq: u64,
+    captured_ms: u64,
+    out: &mut Vec<u8>,
+    write_payload: impl FnOnce(&mut Vec<u8>) -> R,
+) -> R {
     let start = out.len();
     out.extend_from_slice(&[0; ENTRY_HEADER_LEN]);
     out.push(record.kind.code());
@@ -133,7 +147,11 @@ pub fn encode_entry(record: &NewRecord<'_>, seq: u64, captured_ms: u64, out: &mu
         put_bytes(out, name.as_bytes());
         put_bytes(out, value);
     }
-    put_bytes(out, record.payload);
+    let payload_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let written = write_payload(out);
+    let payload_len = (out.len() - payload_at - 4) as u32;
+    out[payload_at..payload_at + 4].copy_from_slice(&payload_len.to_le_bytes());
     let body_len = (out.len() - start - ENTRY_HEADER_LEN) as u32;
     let header = &mut out[start..start + ENTRY_HEADER_LEN];
     header[..4].copy_from_slice(&ENTRY_MAGIC.to_le_bytes());
@@ -142,6 +160,7 @@ pub fn encode_entry(record: &NewRecord<'_>, seq: u64, captured_ms: u64, out: &mu
     header[16..24].copy_from_slice(&captured_ms.to_le_bytes());
     let crc = entry_crc(&out[start..]);
     out[start + 24..start + 28].copy_from_slice(&crc.to_le_bytes());
+    written
 }
 
 /// The checksum of an entry: everything but the magic and the checksum itself.

@@ -394,11 +394,32 @@ impl Log {
     /// Appends one record (CDR/CEL thread). `Ok(seq)`: the record is in the log and
     /// will be delivered; `Err`: nothing of it is kept, and it is counted as refused.
     pub fn append(&self, record: &NewRecord<'_>) -> Result<u64, AppendError> {
+        self.append_with(record, |out| out.extend_from_slice(record.payload))
+            .0
+    }
+
+    /// `append`, with the payload encoded by `write_payload` straight into the log's
+    /// buffer (no copy of it on the CDR thread); also returns what `write_payload` did.
+    pub fn append_with<R>(
+        &self,
+        record: &NewRecord<'_>,
+        write_payload: impl FnOnce(&mut Vec<u8>) -> R,
+    ) -> (Result<u64, AppendError>, R) {
         let captured_ms = now_ms();
         let mut writer = lock(&self.writer);
         let writer = &mut *writer;
         writer.buffer.clear();
-        format::encode_entry(record, writer.next_seq, captured_ms, &mut writer.buffer);
+        let written = format::encode_entry_with(
+            record,
+            writer.next_seq,
+            captured_ms,
+            &mut writer.buffer,
+            write_payload,
+        );
+        (self.append_encoded(writer), written)
+    }
+
+    fn append_encoded(&self, writer: &mut Writer) -> Result<u64, AppendError> {
         let result = self.append_buffered(writer);
         if let Err(error) = &result {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
