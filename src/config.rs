@@ -229,10 +229,6 @@ pub enum ConfigError {
     },
     /// `connection = NAME` names no `type = connection` section of kafka.conf.
     UnknownConnection { name: String },
-    /// librdkafka refused the producer settings.
-    Producer { message: String },
-    /// The spool folder cannot be used.
-    Spool { message: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -284,11 +280,6 @@ impl fmt::Display for ConfigError {
             Self::UnknownConnection { name } => write!(
                 f,
                 "{CONFIG_FILE} [global] connection = '{name}': {KAFKA_CONFIG_FILE} has no section [{name}] with type = connection"
-            ),
-            Self::Spool { message } => write!(f, "{CONFIG_FILE} [global] spool: {message}"),
-            Self::Producer { message } => write!(
-                f,
-                "{CONFIG_FILE} [global]: librdkafka refused the producer settings: {message}"
             ),
         }
     }

@@ -16,10 +16,12 @@ use crate::asterisk::host::{self, Identity};
 use crate::cel::{self, CelEncodeOptions, CelEvent};
 use crate::config::{self, ConfigError, HostCapabilities, KafkaSettings, Settings, CONFIG_FILE};
 use crate::delivery::feeder::{DestinationStats, FeederSettings};
-use crate::delivery::kafka::{KafkaDestination, ProducerSettings};
-use crate::delivery::log::{AppendError, Log, LogSettings, NewRecord, RecordKind, SyncPolicy};
+use crate::delivery::kafka::{KafkaDestination, ProducerError, ProducerSettings};
+use crate::delivery::log::{
+    AppendError, Log, LogError, LogSettings, NewRecord, RecordKind, SyncPolicy,
+};
 use crate::delivery::stats::Stats;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, DeliveryError};
 use crate::ratelimit::{suppressed_note, RateLimit};
 use crate::record::{self, Cdr, EncodeOptions};
 use crate::{ast_log, asterisk};
@@ -184,10 +186,45 @@ fn feeder_settings(settings: &Settings) -> FeederSettings {
     }
 }
 
-fn kafka_destination(settings: &Settings) -> Result<Box<KafkaDestination>, ConfigError> {
+fn kafka_destination(settings: &Settings) -> Result<Box<KafkaDestination>, LoadError> {
     KafkaDestination::new(GLOBAL_DESTINATION, producer_settings(&settings.kafka))
         .map(Box::new)
-        .map_err(|error| ConfigError::Producer { message: error.0 })
+        .map_err(LoadError::Producer)
+}
+
+/// Why the module could not load, or a reload was refused.
+#[derive(Debug)]
+pub enum LoadError {
+    /// cdr_kafka.conf (or the kafka.conf it names) is invalid.
+    Config(ConfigError),
+    /// librdkafka refused the producer settings.
+    Producer(ProducerError),
+    /// The spool folder cannot be used.
+    Spool(LogError),
+    /// A destination could not be started (its ledger, its thread).
+    Delivery(DeliveryError),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(error) => write!(f, "{error}"),
+            Self::Producer(error) => write!(
+                f,
+                "{CONFIG_FILE} [global]: librdkafka refused the producer settings: {error}"
+            ),
+            Self::Spool(error) => write!(f, "spool: {error}"),
+            Self::Delivery(error) => write!(f, "destination '{GLOBAL_DESTINATION}': {error}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl From<ConfigError> for LoadError {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
+    }
 }
 
 fn lock(delivery: &Mutex<Delivery>) -> MutexGuard<'_, Delivery> {
@@ -199,11 +236,8 @@ fn lock(delivery: &Mutex<Delivery>) -> MutexGuard<'_, Delivery> {
 impl Running {
     /// Opens the log (recovering what an earlier run left) and starts the destinations
     /// feeding from it: what load does once the files are read.
-    pub fn start(settings: Settings, identity: Identity) -> Result<Self, ConfigError> {
-        let log =
-            Log::open(log_settings(&settings, &identity)).map_err(|error| ConfigError::Spool {
-                message: error.to_string(),
-            })?;
+    pub fn start(settings: Settings, identity: Identity) -> Result<Self, LoadError> {
+        let log = Log::open(log_settings(&settings, &identity)).map_err(LoadError::Spool)?;
         let recovery = &log.recovery;
         if recovery.torn_tails > 0 || recovery.damaged > 0 || recovery.damaged_headers > 0 {
             ast_log!(
@@ -220,9 +254,7 @@ impl Running {
         let mut delivery = Delivery::new(Arc::clone(&log));
         delivery
             .start(destination, feeder_settings(&settings))
-            .map_err(|error| ConfigError::Spool {
-                message: error.to_string(),
-            })?;
+            .map_err(LoadError::Delivery)?;
         let waiting = delivery
             .statuses()
             .iter()
@@ -461,7 +493,7 @@ fn unix_seconds_text() -> ShortText {
 
 /// Reads the configuration, opens the log and starts the destinations. The error is
 /// the admin's message.
-pub fn load() -> Result<(), ConfigError> {
+pub fn load() -> Result<(), LoadError> {
     let identity = Identity::from_host();
     let settings = read_settings(&identity)?;
     let running = Running::start(settings, identity)?;
@@ -494,7 +526,7 @@ fn set_cel_backend(enabled: bool) {
 }
 
 /// Applies a changed configuration; the running one stays when the new one is invalid.
-pub fn reload() -> Result<(), ConfigError> {
+pub fn reload() -> Result<(), LoadError> {
     let Some(old) = current() else {
         return load();
     };
@@ -530,9 +562,7 @@ pub fn reload() -> Result<(), ConfigError> {
         // the ledger passes from one to the other: no record twice, none lost.
         let unconfirmed = lock(&running.delivery)
             .start(destination, feeder_settings(&running.settings))
-            .map_err(|error| ConfigError::Spool {
-                message: error.to_string(),
-            })?;
+            .map_err(LoadError::Delivery)?;
         report_unconfirmed(unconfirmed, running.settings.flush_timeout);
     }
     ast_log!(
