@@ -13,6 +13,9 @@
 //! reported. CDR_KAFKA_BENCH_BROKERS=mock or tansu runs one broker only (tansu needs
 //! CDR_KAFKA_TANSU). CDR_KAFKA_BENCH_QUICK=1: 2,000 records, no minimum time.
 //!
+//! Then, with tansu, the spool's drain: the same number of records appended while the
+//! broker is down, the broker started, the time until the last is confirmed.
+//!
 //! The publisher keeps at most `BACKLOG` records ahead of the delivery reports, so a fast
 //! publisher measures a steady state, not how fast a disk fills.
 
@@ -447,6 +450,56 @@ fn measure(name: &str, brokers: &str, plan: &Plan, make_topic: &dyn Fn(&str), br
     );
 }
 
+/// The spool's drain: `records` appended while the broker is down (nothing listens on
+/// its port), then tansu started on that port; how long until every record is confirmed.
+fn drain_after_outage(records: u64) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port");
+    let brokers = format!("127.0.0.1:{port}");
+    let topic = format!("bench-drain-{}", std::process::id());
+    let dir = common::Scratch::new("drain");
+    let settings = common::settings(&brokers, &topic, &dir.0, &[]);
+    let running = Running::start(settings, common::identity()).expect("the module starts");
+    let cdr = common::typical_cdr();
+    let started = Instant::now();
+    for _ in 0..records {
+        running.publish(&cdr).expect("spooled");
+    }
+    let appended = started.elapsed();
+    let spool_bytes = dir.bytes();
+    let tansu = support::Tansu::start_on(port);
+    tansu.create_topic(&topic);
+    let back = Instant::now();
+    let mut first = None;
+    let drained = common::wait_until(Duration::from_secs(600), Duration::from_millis(20), || {
+        let delivered = running.counts().delivered;
+        if delivered > 0 && first.is_none() {
+            first = Some(back.elapsed());
+        }
+        delivered >= records
+    });
+    let total = back.elapsed();
+    let first = first.unwrap_or(total);
+    let rate = records as f64 / (total - first).as_secs_f64().max(1e-9);
+    println!(
+        "Drain after an outage: {} records ({:.0} MB of spool) appended in {:.1} s with the broker down; \
+         broker back: first confirmation after {:.1} s (librdkafka's reconnect backoff), all {} after {:.1} s: \
+         **{} records/s** drained{}",
+        common::thousands(records),
+        spool_bytes as f64 / 1e6,
+        appended.as_secs_f64(),
+        first.as_secs_f64(),
+        if drained { "confirmed" } else { "NOT confirmed" },
+        total.as_secs_f64(),
+        common::thousands(rate as u64),
+        if drained { "" } else { " (gave up after 600 s)" },
+    );
+    running.shutdown();
+    tansu.stop();
+}
+
 fn main() {
     let plan = Plan {
         records: common::env_number("CDR_KAFKA_BENCH_RECORDS", 1_000_000, 2_000),
@@ -501,6 +554,8 @@ fn main() {
             },
         );
         tansu.stop();
+        println!();
+        drain_after_outage(plan.records);
     }
     common::quick_note();
 }
