@@ -608,7 +608,12 @@ fn main() {
     let tansu = Tansu::start();
     tansu.create_topic(TOPIC);
     let _one = one_asterisk();
-    let conf = cdr_kafka_conf(&tansu.brokers(), TOPIC, "");
+    // CDR_KAFKA_BENCH_CONF adds lines to cdr_kafka.conf (e.g. "linger_ms = 200"), to
+    // compare settings on the same load.
+    let extra = std::env::var("CDR_KAFKA_BENCH_CONF")
+        .map(|lines| lines.replace("\\n", "\n") + "\n")
+        .unwrap_or_default();
+    let conf = cdr_kafka_conf(&tansu.brokers(), TOPIC, &extra);
     let asterisk = Asterisk::start(&root, &conf, "UTC");
     let version = asterisk.rx("core show version");
     let mut bench = Bench {
@@ -621,7 +626,12 @@ fn main() {
     println!(
         "## Asterisk CPU per CDR on real calls, cdr_kafka loaded minus not loaded: {rounds} round(s) \
          of each per pattern, answered calls of {CALL_MS} ms (Local channels originated over AMI \
-         into call{CALL_MS}@cdrk), broker up (tansu on 127.0.0.1), spool_sync = interval; {} ({})",
+         into call{CALL_MS}@cdrk), broker up (tansu on 127.0.0.1), default settings{}; {} ({})",
+        if extra.trim().is_empty() {
+            String::new()
+        } else {
+            format!(" but {}", extra.trim().replace('\n', ", "))
+        },
         version.lines().next().unwrap_or("Asterisk").trim(),
         common::machine()
     );
