@@ -425,3 +425,42 @@ fn a_crash_at_any_step_loses_nothing_accepted_and_invents_nothing() {
         "the whole life was cut at every step ({steps})"
     );
 }
+
+#[test]
+fn shared_spool_dir_is_never_chmodded_the_log_goes_into_its_own_subfolder() {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = TempDir::new("shared");
+    fs::create_dir_all(&shared.0).unwrap();
+    fs::set_permissions(&shared.0, fs::Permissions::from_mode(0o1777)).unwrap();
+    let log = Log::open(settings(&shared.0)).unwrap();
+    assert_eq!(log.dir(), shared.0.join(folder::OWN_SUBFOLDER));
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode(&shared.0),
+        0o1777,
+        "the shared folder is left as it was"
+    );
+    assert_eq!(mode(log.dir()), 0o700);
+    drop(log);
+    // A subfolder someone opened up is refused with the reason, not repaired.
+    fs::set_permissions(
+        shared.0.join(folder::OWN_SUBFOLDER),
+        fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let error = Log::open(settings(&shared.0)).err().expect("refused");
+    assert!(error.to_string().contains("not private"), "{error}");
+}
+
+#[test]
+fn missing_spool_dir_is_created_private_and_used_as_is() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = TempDir::new("missing");
+    let dir = parent.0.join("spool");
+    let log = Log::open(settings(&dir)).unwrap();
+    assert_eq!(log.dir(), dir);
+    assert_eq!(
+        fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+}
