@@ -1,13 +1,15 @@
 //! The durable log: every record is appended here on the thread that captured it, and
 //! stays until every destination has confirmed it. docs/spool-format.md is the format.
 //!
-//! Parts: `format` (the bytes), `recovery` (opening a folder), `ledger` (one
-//! destination's confirmations), `folder` (where the log lives, its lock), `io` (every
-//! file operation, with faults injectable for the tests).
+//! Parts: `format` (the bytes), `recovery` (opening a folder), `writer` (appending,
+//! starting segments), `reader` (batches for the feeders), `ledger` (one destination's
+//! confirmations), `folder` (where the log lives, its lock), `io` (every file operation,
+//! with faults injectable for the tests). This file holds the shared state and the
+//! housekeeping.
 //!
 //! Threads: `append` runs on Asterisk's CDR (and CEL) threads: one `pwrite` into the
 //! page cache under the writer's lock (plus `fdatasync` with `spool_sync = always`), and
-//! no wake-up of any other thread unless the log is filling up. Everything else runs
+//! no wake-up of any other thread unless the log is filling up or a feeder sleeps idle. Everything else runs
 //! on the destinations' feeder threads: reading in batches, `maintain` (deleting what
 //! every destination confirmed, syncing, giving the space of a delivered segment back).
 //! std locks only: no thread-local state on Asterisk's threads.
@@ -16,7 +18,9 @@ pub mod folder;
 pub mod format;
 pub mod io;
 pub mod ledger;
+mod reader;
 mod recovery;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,11 +33,12 @@ pub use format::{NewRecord, RecordKind, StoredRecord};
 use io::Io;
 pub use ledger::Ledger;
 use ledger::Watermarks;
+pub use reader::ReadBatch;
+pub use writer::AppendError;
+use writer::Writer;
 
 /// A segment is closed past this size, so delivered records are deleted in steps.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
-/// A delivered current segment past this size is replaced, giving its space back.
-const ROTATE_DELIVERED_BYTES: u64 = 256 * 1024;
 
 /// When appended records and confirmations are forced to disk (`spool_sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,32 +122,6 @@ impl std::fmt::Display for LogError {
 
 impl std::error::Error for LogError {}
 
-/// Why one record was refused: it is then counted, never half kept.
-#[derive(Debug)]
-pub enum AppendError {
-    /// `spool_max_bytes` of undelivered records are held.
-    Full { max_bytes: u64 },
-    /// The disk refused the write (ENOSPC, EIO...): nothing of the record is kept.
-    Io {
-        what: &'static str,
-        error: std::io::Error,
-    },
-}
-
-impl std::fmt::Display for AppendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Full { max_bytes } => write!(
-                f,
-                "the spool holds spool_max_bytes = {max_bytes} bytes of undelivered records"
-            ),
-            Self::Io { what, error } => write!(f, "{what}: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for AppendError {}
-
 /// What opening the folder found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -199,22 +178,6 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}.log"))
 }
 
-struct Active {
-    first_seq: u64,
-    file: Arc<File>,
-    bytes: u64,
-}
-
-struct Writer {
-    /// None after a failed rotation (disk full): the next append tries again.
-    segment: Option<Active>,
-    next_seq: u64,
-    /// The end of the current segment holds bytes of a failed write that could not be
-    /// cut off: the next append starts a new segment.
-    broken: bool,
-    buffer: Vec<u8>,
-}
-
 struct State {
     segments: BTreeMap<u64, SegmentInfo>,
     next_seq: u64,
@@ -246,38 +209,6 @@ impl State {
 
     fn undelivered_bytes(&self, below: u64) -> u64 {
         self.segments.values().map(|s| s.bytes_from(below)).sum()
-    }
-}
-
-/// A batch of records read in one go; `records` decodes them in order.
-#[derive(Default)]
-pub struct ReadBatch {
-    bytes: Vec<u8>,
-    spans: Vec<(u64, usize, usize)>,
-}
-
-impl ReadBatch {
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    /// Each entry's sequence number and record; `None` when its bytes no longer check.
-    pub fn records(&self) -> impl Iterator<Item = (u64, Option<StoredRecord<'_>>)> + '_ {
-        self.spans.iter().map(|&(seq, start, len)| {
-            let record = format::decode_entry(&self.bytes[start..start + len])
-                .map(|(_, record)| record)
-                .filter(|record| record.seq == seq);
-            (seq, record)
-        })
-    }
-
-    /// The sequence number after the last entry read.
-    pub fn end(&self) -> Option<u64> {
-        self.spans.last().map(|&(seq, _, _)| seq + 1)
     }
 }
 
@@ -345,12 +276,7 @@ impl Log {
             settings,
             io,
             _lock: lock_file,
-            writer: Mutex::new(Writer {
-                segment: None,
-                next_seq: recovered.next_seq,
-                broken: false,
-                buffer: Vec::with_capacity(4096),
-            }),
+            writer: Mutex::new(Writer::new(recovered.next_seq)),
             state: Mutex::new(state),
             wake: (Mutex::new(0), Condvar::new()),
             pressure_signalled: AtomicBool::new(false),
@@ -389,170 +315,6 @@ impl Log {
 
     pub fn io(&self) -> &Io {
         &self.io
-    }
-
-    /// Appends one record (CDR/CEL thread). `Ok(seq)`: the record is in the log and
-    /// will be delivered; `Err`: nothing of it is kept, and it is counted as refused.
-    pub fn append(&self, record: &NewRecord<'_>) -> Result<u64, AppendError> {
-        self.append_with(record, |out| out.extend_from_slice(record.payload))
-            .0
-    }
-
-    /// `append`, with the payload encoded by `write_payload` straight into the log's
-    /// buffer (no copy of it on the CDR thread); also returns what `write_payload` did.
-    pub fn append_with<R>(
-        &self,
-        record: &NewRecord<'_>,
-        write_payload: impl FnOnce(&mut Vec<u8>) -> R,
-    ) -> (Result<u64, AppendError>, R) {
-        let captured_ms = now_ms();
-        let mut writer = lock(&self.writer);
-        let writer = &mut *writer;
-        writer.buffer.clear();
-        let written = format::encode_entry_with(
-            record,
-            writer.next_seq,
-            captured_ms,
-            &mut writer.buffer,
-            write_payload,
-        );
-        (self.append_encoded(writer), written)
-    }
-
-    fn append_encoded(&self, writer: &mut Writer) -> Result<u64, AppendError> {
-        let result = self.append_buffered(writer);
-        if let Err(error) = &result {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            if matches!(error, AppendError::Io { .. }) {
-                self.short_of_space.store(true, Ordering::Release);
-            }
-        }
-        result
-    }
-
-    fn append_buffered(&self, writer: &mut Writer) -> Result<u64, AppendError> {
-        let length = writer.buffer.len() as u64;
-        let max = self.settings.max_bytes;
-        if max > 0 && lock(&self.state).undelivered + length > max {
-            return Err(AppendError::Full { max_bytes: max });
-        }
-        let needs_segment = match &writer.segment {
-            None => true,
-            Some(active) => {
-                writer.broken
-                    || (active.bytes + length > SEGMENT_BYTES
-                        && active.bytes > format::SEGMENT_HEADER_LEN as u64)
-            }
-        };
-        if needs_segment {
-            self.start_segment(writer)
-                .map_err(|error| AppendError::Io {
-                    what: "starting a spool segment",
-                    error,
-                })?;
-        }
-        let active = writer.segment.as_mut().expect("started above");
-        if let Err(error) = self.io.write_at(&active.file, &writer.buffer, active.bytes) {
-            // Nothing of a refused record may stay: cut off what reached the file.
-            if self.io.set_len(&active.file, active.bytes).is_err() {
-                writer.broken = true;
-            }
-            return Err(AppendError::Io {
-                what: "writing to the spool",
-                error,
-            });
-        }
-        if self.settings.sync == SyncPolicy::Always && self.io.sync(&active.file).is_err() {
-            // The record is whole in the file and will be delivered; only its survival
-            // of a power loss is unknown.
-            self.counters.sync_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let seq = writer.next_seq;
-        let offset = active.bytes;
-        active.bytes += length;
-        writer.next_seq += 1;
-        let pressure = {
-            let mut state = lock(&self.state);
-            state.next_seq = writer.next_seq;
-            state.undelivered += length;
-            if let Some(segment) = state.segments.get_mut(&active.first_seq) {
-                segment.committed = active.bytes;
-                segment.entries.push(Entry {
-                    seq,
-                    offset: offset as u32,
-                    len: length as u32,
-                });
-            }
-            self.settings.max_bytes > 0 && state.undelivered * 8 > self.settings.max_bytes
-        };
-        self.counters.appended.fetch_add(1, Ordering::Relaxed);
-        if self.short_of_space.load(Ordering::Relaxed) {
-            self.short_of_space.store(false, Ordering::Release);
-        }
-        if !self.unsynced_appends.load(Ordering::Relaxed) {
-            self.unsynced_appends.store(true, Ordering::Release);
-        }
-        // Pairs with the fence in `wait_for_append`: either the feeder sees this record
-        // before it sleeps, or this sees the sleeping feeder and wakes it.
-        fence(Ordering::SeqCst);
-        if self.idle_feeders.load(Ordering::Relaxed) > 0 {
-            self.wake_feeders();
-        }
-        if pressure && !self.pressure_signalled.swap(true, Ordering::AcqRel) {
-            self.wake_feeders();
-        }
-        Ok(seq)
-    }
-
-    /// Closes the current segment (if any) and starts one whose first record is the
-    /// next to be appended.
-    fn start_segment(&self, writer: &mut Writer) -> std::io::Result<()> {
-        let first_seq = writer.next_seq;
-        let path = segment_path(&self.dir, first_seq);
-        // A file of that name holds no record (none has that number yet): an earlier
-        // attempt that failed half-way, or a segment a failed write left broken.
-        self.io.remove(&path)?;
-        let file = self.io.create_new(&path)?;
-        let header = format::encode_segment_header(first_seq, now_ms());
-        let written = self.io.write_at(&file, &header, 0).and_then(|()| {
-            if self.settings.sync == SyncPolicy::Always {
-                self.io.sync(&file)?;
-                self.io.sync_dir(&self.dir)?;
-            }
-            Ok(())
-        });
-        if let Err(error) = written {
-            let _ = self.io.remove(&path);
-            return Err(error);
-        }
-        let file = Arc::new(file);
-        let old = writer.segment.replace(Active {
-            first_seq,
-            file: Arc::clone(&file),
-            bytes: header.len() as u64,
-        });
-        writer.broken = false;
-        let mut state = lock(&self.state);
-        if let Some(old) = old {
-            if let Some(segment) = state.segments.get_mut(&old.first_seq) {
-                segment.sealed = true;
-            }
-            if self.settings.sync == SyncPolicy::Interval {
-                state.unsynced.push(old.file);
-            }
-        }
-        state.segments.insert(
-            first_seq,
-            SegmentInfo {
-                path,
-                file,
-                committed: header.len() as u64,
-                entries: Vec::with_capacity(1024),
-                sealed: false,
-            },
-        );
-        state.dir_dirty = true;
-        Ok(())
     }
 
     /// Registers a destination: its ledger, whose published watermark keeps what it has
@@ -594,64 +356,6 @@ impl Log {
         lock(&self.state)
             .destinations
             .retain(|(other, _)| other != name);
-    }
-
-    /// Reads, in one go, the records from `from` on (at most about `max_bytes`, and
-    /// within one segment).
-    pub fn read_batch(
-        &self,
-        from: u64,
-        max_bytes: usize,
-        batch: &mut ReadBatch,
-    ) -> std::io::Result<()> {
-        batch.bytes.clear();
-        batch.spans.clear();
-        let (file, start, entries) = {
-            let state = lock(&self.state);
-            let mut found = None;
-            for segment in state.segments.values() {
-                if segment.last_seq().is_none_or(|last| last < from) {
-                    continue;
-                }
-                let first = segment.entries.partition_point(|e| e.seq < from);
-                let mut taken = Vec::new();
-                let mut bytes = 0usize;
-                for entry in &segment.entries[first..] {
-                    if !taken.is_empty() && bytes + entry.len as usize > max_bytes {
-                        break;
-                    }
-                    bytes += entry.len as usize;
-                    taken.push(*entry);
-                }
-                found = Some((Arc::clone(&segment.file), taken[0].offset, taken));
-                break;
-            }
-            match found {
-                Some(found) => found,
-                None => return Ok(()),
-            }
-        };
-        let last = entries.last().expect("at least one");
-        let end = last.offset as usize + last.len as usize;
-        batch.bytes.resize(end - start as usize, 0);
-        self.io.read_at(&file, &mut batch.bytes, u64::from(start))?;
-        batch.spans = entries
-            .iter()
-            .map(|e| (e.seq, (e.offset - start) as usize, e.len as usize))
-            .collect();
-        Ok(())
-    }
-
-    /// Reads one record back (a retry, a dead letter): `Ok(false)` when it is no longer
-    /// in the log.
-    pub fn read_one(&self, seq: u64, batch: &mut ReadBatch) -> std::io::Result<bool> {
-        self.read_batch(seq, 0, batch)?;
-        if batch.spans.first().map(|s| s.0) != Some(seq) {
-            batch.spans.clear();
-            return Ok(false);
-        }
-        batch.spans.truncate(1);
-        Ok(true)
     }
 
     /// The sequence number the next record will get.
@@ -751,50 +455,6 @@ impl Log {
             }
         } else if self.settings.sync == SyncPolicy::Always {
             self.sync_dir_if_dirty();
-        }
-    }
-
-    /// A current segment every record of which is delivered is replaced by a new one
-    /// (and deleted) once it is worth it, or at once when appends are failing: a disk
-    /// that filled up during an outage is given back when the records are delivered.
-    fn give_back_delivered_segment(&self) {
-        let mut writer = lock(&self.writer);
-        let (below, current) = {
-            let state = lock(&self.state);
-            (
-                state.delivered_below(),
-                writer.segment.as_ref().map(|a| a.first_seq),
-            )
-        };
-        let Some(below) = below else { return };
-        if below < writer.next_seq {
-            return;
-        }
-        let worth_it = match &writer.segment {
-            None => true,
-            Some(active) => {
-                writer.broken || self.short_of_space() || active.bytes >= ROTATE_DELIVERED_BYTES
-            }
-        };
-        if !worth_it {
-            return;
-        }
-        if let Some(first_seq) = current {
-            // Delete first: on a full disk the new segment needs this one's space.
-            let removed = lock(&self.state).segments.remove(&first_seq);
-            if let Some(segment) = removed {
-                if self.io.remove(&segment.path).is_ok() {
-                    self.counters
-                        .segments_deleted
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            writer.segment = None;
-            lock(&self.state).dir_dirty = true;
-        }
-        // On failure the next append tries again.
-        if self.start_segment(&mut writer).is_ok() {
-            self.short_of_space.store(false, Ordering::Release);
         }
     }
 
