@@ -299,7 +299,7 @@ fn main() {
             "module-queue-1000",
             "cdr_kafka, queue_buffering_max_messages = 1000",
         ),
-        ("spool", "the spool alone (`Spool::append`, no producer)"),
+        ("spool", "the spool alone (`Log::append`, no producer)"),
         ("librdkafka", "librdkafka alone, queue filled (no spool)"),
     ];
     let mut results = Vec::new();
