@@ -18,7 +18,7 @@ use crate::config::{self, ConfigError, HostCapabilities, KafkaSettings, Settings
 use crate::delivery::feeder::{DestinationStats, FeederSettings};
 use crate::delivery::kafka::{KafkaDestination, ProducerError, ProducerSettings};
 use crate::delivery::log::{
-    AppendError, Log, LogError, LogSettings, NewRecord, RecordKind, SyncPolicy,
+    legacy, AppendError, Log, LogError, LogSettings, NewRecord, RecordKind, SyncPolicy,
 };
 use crate::delivery::stats::Stats;
 use crate::delivery::{Delivery, DeliveryError};
@@ -247,6 +247,23 @@ impl Running {
                 recovery.torn_tails,
                 recovery.damaged,
                 recovery.damaged_headers
+            );
+        }
+        let migrated = legacy::migrate(&log);
+        if migrated.records > 0 {
+            ast_log!(
+                Notice,
+                "spool {}: {} undelivered record(s) of the previous spool format moved into the log",
+                log.dir().display(),
+                migrated.records
+            );
+        }
+        if migrated.left > 0 {
+            ast_log!(
+                Warning,
+                "spool {}: {} record(s) of the previous spool format could not be moved yet (the disk refused them); they stay in their files for the next load",
+                log.dir().display(),
+                migrated.left
             );
         }
         let log = Arc::new(log);

@@ -348,3 +348,69 @@ fn full_disk_during_an_outage_refuses_counts_and_recovers_by_itself() {
     drop(asterisk);
     drop(disk);
 }
+
+/// One entry of the spool format before the log (format 1): what an upgrade finds.
+fn format_1_entry(index: u32, record_id: &str, payload: &str, out: &mut Vec<u8>) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&index.to_le_bytes());
+    body.extend_from_slice(&1_764_500_000u64.to_le_bytes());
+    let put = |body: &mut Vec<u8>, bytes: &[u8]| {
+        body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        body.extend_from_slice(bytes);
+    };
+    put(&mut body, record_id.as_bytes());
+    put(&mut body, b"calls");
+    body.push(0);
+    body.extend_from_slice(&1u32.to_le_bytes());
+    put(&mut body, b"record_id");
+    put(&mut body, record_id.as_bytes());
+    put(&mut body, payload.as_bytes());
+    out.extend_from_slice(&0xCD4B_5350u32.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+#[test]
+fn upgrade_delivers_what_the_previous_spool_format_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::from_env();
+    let _one = lock(&root);
+    let tansu = Tansu::start();
+    tansu.create_topic("calls");
+    // Started without the module (start empties the spool), then the old files laid down.
+    let asterisk = Asterisk::start(&root, &cdr_kafka_conf(&tansu.brokers(), "calls", ""), TZ);
+    let spool = root.path.join(SPOOL);
+    fs::create_dir_all(&spool).unwrap();
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o700)).unwrap();
+    let mut segment = Vec::new();
+    for index in 0..4 {
+        format_1_entry(
+            index,
+            &format!("old-{index}"),
+            "{\"old\":true}",
+            &mut segment,
+        );
+    }
+    fs::write(spool.join("0000000001.seg"), &segment).unwrap();
+    // The broker had confirmed record 2 before the upgrade.
+    fs::write(spool.join("0000000001.ack"), 2u32.to_le_bytes()).unwrap();
+
+    asterisk.load_module();
+    assert!(
+        asterisk
+            .log()
+            .contains("3 undelivered record(s) of the previous spool format moved into the log"),
+        "{}",
+        asterisk.log()
+    );
+    assert_eq!(asterisk.wait_for_counter("Delivered", 3, WAIT), 3);
+    let ids = record_ids(&root, &tansu.brokers(), "calls");
+    let mut found: Vec<&String> = ids.keys().collect();
+    found.sort();
+    assert_eq!(found, ["old-0", "old-1", "old-3"]);
+    assert!(
+        !spool.join("0000000001.seg").exists(),
+        "the old files are gone"
+    );
+}

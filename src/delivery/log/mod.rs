@@ -18,6 +18,7 @@ pub mod folder;
 pub mod format;
 pub mod io;
 pub mod ledger;
+pub mod legacy;
 mod reader;
 mod recovery;
 mod writer;
