@@ -353,6 +353,22 @@ impl Running {
         }
     }
 
+    /// Each destination's own status line (its target and real state).
+    pub fn destination_states(&self) -> Vec<String> {
+        lock(&self.delivery)
+            .statuses()
+            .iter()
+            .map(|status| {
+                status
+                    .stats
+                    .describe
+                    .lock()
+                    .map(|line| line.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// Records handed to a destination and not yet confirmed or failed.
     pub fn in_flight(&self) -> u64 {
         lock(&self.delivery)

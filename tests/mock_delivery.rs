@@ -361,10 +361,16 @@ fn thousands_of_records_while_the_broker_is_down_all_arrive_once_in_order() {
     }
     assert_eq!(running.counts().delivered, 1);
     assert_eq!(running.log.depth().0, COUNT as u64);
+    wait_until("the status says the producer is retrying", || {
+        running.destination_states()[0].contains("retrying (")
+    });
 
     cluster.broker_up(ALL_BROKERS).expect("broker up");
     wait_until("every record is delivered after the outage", || {
         running.counts().delivered == 1 + COUNT as u64
+    });
+    wait_until("the status says the producer is producing again", || {
+        running.destination_states()[0].contains("producing")
     });
     assert_eq!(
         counters(&running),

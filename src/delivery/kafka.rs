@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::destination::{Destination, Offer, Outcome};
-use super::log::StoredRecord;
+use super::log::{now_ms, StoredRecord};
 use crate::ast_log;
 use crate::ratelimit::{suppressed_note, RateLimit};
 
@@ -87,7 +87,10 @@ struct Reports {
     events: AtomicU64,
     /// An error came: ask librdkafka whether it was fatal.
     check_fatal: AtomicBool,
-    last_broker_error: Mutex<Option<String>>,
+    /// The producer's last word about the brokers, and when (Unix ms).
+    last_broker_error: Mutex<Option<(String, u64)>>,
+    /// When the broker last confirmed a record (Unix ms).
+    last_delivered_ms: AtomicU64,
     librdkafka_log: RateLimit,
     error_log: RateLimit,
 }
@@ -121,7 +124,7 @@ impl ClientContext for KafkaContext {
         let reports = &self.reports;
         reports.events.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut last) = reports.last_broker_error.lock() {
-            *last = Some(format!("{error}: {reason}"));
+            *last = Some((format!("{error}: {reason}"), now_ms()));
         }
         reports.check_fatal.store(true, Ordering::Release);
         if let Some(held) = reports.error_log.check() {
@@ -141,7 +144,10 @@ impl ProducerContext for KafkaContext {
         let reports = &self.reports;
         reports.events.fetch_add(1, Ordering::Relaxed);
         let outcome = match result {
-            Ok(_) => Outcome::Delivered,
+            Ok(_) => {
+                reports.last_delivered_ms.store(now_ms(), Ordering::Relaxed);
+                Outcome::Delivered
+            }
             Err((error, _)) => match classify(error.rdkafka_error_code()) {
                 Failure::Permanent => Outcome::Refused(error.to_string()),
                 Failure::Retriable => Outcome::Retry,
@@ -204,6 +210,7 @@ fn open(
         events: AtomicU64::new(0),
         check_fatal: AtomicBool::new(false),
         last_broker_error: Mutex::new(None),
+        last_delivered_ms: AtomicU64::new(0),
         librdkafka_log: RateLimit::new(10),
         error_log: RateLimit::new(10),
     });
@@ -339,12 +346,19 @@ impl Destination for KafkaDestination {
         let state = if let Some(reason) = &self.fatal {
             format!("broken ({reason})")
         } else {
-            match self.reports.last_broker_error.lock() {
-                Ok(last) => match last.as_ref() {
-                    Some(error) if self.in_flight > 0 => format!("retrying ({error})"),
-                    _ => "producing".to_string(),
-                },
-                Err(_) => "producing".to_string(),
+            // Retrying only while records wait and no confirmation came since the error.
+            let delivered = self.reports.last_delivered_ms.load(Ordering::Relaxed);
+            let last = self
+                .reports
+                .last_broker_error
+                .lock()
+                .ok()
+                .and_then(|last| last.clone());
+            match last {
+                Some((error, at)) if self.in_flight > 0 && at >= delivered => {
+                    format!("retrying ({error})")
+                }
+                _ => "producing".to_string(),
             }
         };
         format!("kafka {} — {state}", self.bootstrap())
