@@ -193,10 +193,11 @@ pub fn decode_entry(bytes: &[u8]) -> Option<(usize, StoredRecord<'_>)> {
     Some((end, record))
 }
 
-struct BodyReader<'a>(&'a [u8]);
+/// Reads the length-prefixed fields of a body (also the previous format's, in `legacy`).
+pub(super) struct BodyReader<'a>(pub(super) &'a [u8]);
 
 impl<'a> BodyReader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(super) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -205,17 +206,17 @@ impl<'a> BodyReader<'a> {
         Some(head)
     }
 
-    fn u32(&mut self) -> Option<u32> {
+    pub(super) fn u32(&mut self) -> Option<u32> {
         self.take(4)
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
 
-    fn bytes(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
         self.take(n)
     }
 
-    fn text(&mut self) -> Option<&'a str> {
+    pub(super) fn text(&mut self) -> Option<&'a str> {
         std::str::from_utf8(self.bytes()?).ok()
     }
 }

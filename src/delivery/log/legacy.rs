@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::format::{NewRecord, RecordKind};
+use super::format::{BodyReader, NewRecord, RecordKind};
 use super::Log;
 
 const MAGIC: u32 = 0xCD4B_5350;
@@ -24,34 +24,8 @@ struct OldRecord<'a> {
     payload: &'a [u8],
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-
-    fn text(&mut self) -> Option<&'a str> {
-        std::str::from_utf8(self.bytes()?).ok()
-    }
-}
-
 fn decode(body: &[u8]) -> Option<OldRecord<'_>> {
-    let mut reader = Reader(body);
+    let mut reader = BodyReader(body);
     let index = reader.u32()?;
     reader.take(8)?; // capture time: the timestamp header keeps it
     let record_id = reader.text()?;
