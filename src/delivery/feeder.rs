@@ -3,8 +3,9 @@
 //! destination's ledger once per pass. It wakes once per batching window (sooner only
 //! when the log is filling up), never once per record.
 //!
-//! The thread owns the destination and its ledger; it hands both back when stopped,
-//! so a reload can replace the destination and keep the ledger.
+//! The thread owns the destination and its ledger. Stopped, it drops the destination
+//! (librdkafka's threads end then, on this thread) and hands the ledger back, so a
+//! reload can replace the destination and keep the ledger.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -138,9 +139,9 @@ impl Feeder {
         }
     }
 
-    /// Passes until `stop`, then flushes (bounded) and hands back the destination and
+    /// Passes until `stop`, then flushes (bounded), drops the destination and hands back
     /// its ledger with the number of records still unconfirmed (they stay in the log).
-    pub fn run(mut self, stop: &AtomicBool) -> (Box<dyn Destination>, Ledger, u64) {
+    pub fn run(mut self, stop: &AtomicBool) -> (Ledger, u64) {
         self.stats.running.store(true, Ordering::Release);
         while !stop.load(Ordering::Acquire) {
             match self.pass() {
@@ -156,8 +157,10 @@ impl Feeder {
         let _ = self.ledger.sync();
         self.log.maintain();
         let unconfirmed = self.destination.in_flight();
+        // The producer (and librdkafka's threads) end here, on this thread.
+        drop(self.destination);
         self.stats.running.store(false, Ordering::Release);
-        (self.destination, self.ledger, unconfirmed)
+        (self.ledger, unconfirmed)
     }
 
     /// One pass: outcomes in, a rebuild if needed, records out, confirmations down.

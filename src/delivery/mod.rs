@@ -49,7 +49,7 @@ impl std::error::Error for DeliveryError {}
 struct Running {
     name: String,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<(Box<dyn Destination>, Ledger, u64)>,
+    thread: JoinHandle<(Ledger, u64)>,
     stats: Arc<DestinationStats>,
 }
 
@@ -137,7 +137,7 @@ impl Delivery {
         running.stop.store(true, Ordering::Release);
         self.log.wake_feeders();
         match running.thread.join() {
-            Ok((_destination, ledger, unconfirmed)) => {
+            Ok((ledger, unconfirmed)) => {
                 self.parked.push(ledger);
                 Some(unconfirmed)
             }
