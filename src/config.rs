@@ -90,10 +90,10 @@ pub const OPTIONS: &[OptionDoc] = &[
     option("queue_buffering_max_messages", "20000", Some("queue.buffering.max.messages"), "Most records librdkafka holds in memory (about 1.5 KB each); the rest wait in the spool."),
     option("debug", "", Some("debug"), "librdkafka debug contexts (e.g. broker,topic,msg), logged at debug level."),
     option("flush_timeout_ms", "5000", None, "How long unload and reload wait for records in flight to be delivered, in milliseconds."),
-    option("spool_dir", "", None, "Folder of the durable spool. Empty: cdr_kafka inside Asterisk's spool folder (astspooldir, usually /var/spool/asterisk/cdr_kafka). Takes effect at module load."),
+    option("spool_dir", "", None, "Folder of the durable spool. Empty: cdr_kafka inside Asterisk's spool folder (astspooldir, usually /var/spool/asterisk/cdr_kafka). A folder that is shared or not Asterisk's own (such as /tmp) is never chmod'ed: the spool goes into its cdr_kafka subfolder. Takes effect at module load."),
     option("spool_sync", "interval", None, "When spooled records are forced to disk: always (every record, on the CDR thread; survives power loss), interval (every spool_sync_interval_ms) or never (the kernel decides). A crash of Asterisk alone loses nothing with any of them. Takes effect at module load."),
     option("spool_sync_interval_ms", "1000", None, "With spool_sync = interval: how often, in milliseconds."),
-    option("spool_max_bytes", "0", None, "Most bytes the spool may hold; past it new CDRs are refused (logged, counted as failed). 0: bounded by the disk."),
+    option("spool_max_bytes", "0", None, "Most bytes of undelivered records the spool may hold; past it new CDRs are refused (logged, counted as refused). Delivered records do not count. 0: bounded by the disk."),
     option("rdkafka.<property>", "", None, "Any other librdkafka property, passed unchanged (e.g. `rdkafka.socket.keepalive.enable = true`)."),
 ];
 
