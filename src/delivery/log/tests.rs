@@ -464,3 +464,40 @@ fn missing_spool_dir_is_created_private_and_used_as_is() {
         0o700
     );
 }
+
+#[test]
+fn a_write_that_cannot_be_cut_off_closes_the_segment_and_nothing_of_it_survives() {
+    // Find the operation numbers of the third append's write and the cut that follows.
+    let probe = TempDir::new("probe");
+    let io = Io::with_faults(FaultPlan::default());
+    let log = Log::open_with(settings(&probe.0), io.clone()).unwrap();
+    log.register("global").unwrap();
+    append(&log, 0).unwrap();
+    append(&log, 1).unwrap();
+    let third_write = io.operations();
+    drop(log);
+
+    let dir = TempDir::new("uncut");
+    let plan = FaultPlan::default()
+        .at(third_write, Some(Op::Write), Fault::Short(20))
+        .at(third_write + 1, Some(Op::SetLen), Fault::Errno(libc::EIO));
+    let log = Log::open_with(settings(&dir.0), Io::with_faults(plan)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert!(append(&log, 0).is_ok());
+    assert!(append(&log, 1).is_ok());
+    assert!(append(&log, 2).is_err(), "the short write is refused");
+    assert!(
+        append(&log, 3).is_ok(),
+        "the next record goes to a new segment"
+    );
+    assert_eq!(segment_files(&dir.0).len(), 2);
+    assert_eq!(pending_ids(&log, &ledger), vec!["id-0", "id-1", "id-3"]);
+    drop((ledger, log));
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(pending_ids(&log, &ledger), vec!["id-0", "id-1", "id-3"]);
+    assert_eq!(
+        log.recovery.damaged, 1,
+        "the partial entry, counted and skipped"
+    );
+}
