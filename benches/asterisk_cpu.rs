@@ -68,7 +68,7 @@ const PACED_CALLS_PER_S: u64 = 100;
 const QUIET_PERIOD: Duration = Duration::from_millis(200);
 const QUIET_NS: u64 = 5_000_000;
 const QUIET_SAMPLES: usize = 2;
-/// Threads of the module (the feeder, the poll thread and librdkafka's).
+/// Threads of the module (the feeders and librdkafka's).
 const MODULE_THREADS: [&str; 2] = ["cdr_kafka-", "rdk:"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -75,7 +75,7 @@ fn killed_asterisk_restarts_on_the_root_as_it_was_with_the_module_loaded_at_boot
     assert!(!stale.exists(), "a fresh start empties the spool");
     asterisk.flood(100);
     asterisk.wait_for_counter("Delivered", 100, WAIT);
-    // A name the module's spool ignores (it reads *.seg and *.ack).
+    // A name the module's spool ignores (it reads *.log, *.ledger and the old *.seg).
     let marker = root.spool().join("harness-marker");
     std::fs::write(&marker, "x").unwrap();
 
