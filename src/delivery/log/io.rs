@@ -80,6 +80,15 @@ impl Io {
             .map_or(0, |plan| plan.lock().map_or(0, |p| p.counted))
     }
 
+    /// Plans a crash `more` operations from now (the model test's crash at any point).
+    pub fn crash_after(&self, more: u64) {
+        if let Some(plan) = &self.plan {
+            let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
+            let at = plan.counted + more;
+            plan.faults.push((at, None, Fault::Crash));
+        }
+    }
+
     pub fn has_crashed(&self) -> bool {
         self.plan
             .as_ref()

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use super::format::{self, SEGMENT_HEADER_LEN};
+use super::io::{FaultPlan, Io};
 use super::ledger;
 use super::tests::{append, settings, TempDir};
 use super::{Ledger, Log, LogSettings, ReadBatch};
@@ -20,11 +21,21 @@ const DESTINATIONS: [&str; 2] = ["kafka", "archive"];
 #[derive(Debug, Clone)]
 enum Step {
     Append(u8),
-    Deliver { destination: usize, count: u8 },
-    Confirm { destination: usize },
+    Deliver {
+        destination: usize,
+        count: u8,
+    },
+    Confirm {
+        destination: usize,
+    },
     Maintain,
-    Crash,
-    Damage { file: u8, position: u16, bits: u8 },
+    /// A restart; the new process dies after this many file operations, if any.
+    Crash(Option<u16>),
+    Damage {
+        file: u8,
+        position: u16,
+        bits: u8,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -33,7 +44,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0usize..2, 1u8..30).prop_map(|(destination, count)| Step::Deliver { destination, count }),
         3 => (0usize..2).prop_map(|destination| Step::Confirm { destination }),
         2 => Just(Step::Maintain),
-        1 => Just(Step::Crash),
+        2 => proptest::option::of(0u16..40).prop_map(Step::Crash),
         1 => (any::<u8>(), any::<u16>(), 1u8..=255).prop_map(|(file, position, bits)| Step::Damage { file, position, bits }),
     ]
 }
@@ -56,26 +67,38 @@ struct Open {
     ledgers: Vec<Ledger>,
 }
 
-fn open(dir: &Path) -> Open {
-    let log = Log::open(LogSettings {
-        max_bytes: 0,
-        ..settings(dir)
-    })
+/// Opens the folder as a restarted module would; with `crash_in`, this "process" dies
+/// that many file operations later, wherever it is then (every later operation fails).
+fn open(dir: &Path, crash_in: Option<u16>) -> Open {
+    let io = Io::with_faults(FaultPlan::default());
+    let log = Log::open_with(
+        LogSettings {
+            max_bytes: 0,
+            ..settings(dir)
+        },
+        io.clone(),
+    )
     .expect("the log opens after any crash or damage");
     let ledgers = DESTINATIONS
         .iter()
         .map(|name| log.register(name).expect("ledger"))
         .collect();
+    if let Some(more) = crash_in {
+        io.crash_after(u64::from(more));
+    }
     Open { log, ledgers }
 }
 
-/// Record ids a destination would be handed now, in order, with their numbers.
+/// Record ids a destination would be handed now, in order, with their numbers (none
+/// once the process has crashed: its reads fail).
 fn pending(log: &Log, ledger: &Ledger) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut batch = ReadBatch::default();
     let mut from = 0;
     loop {
-        log.read_batch(from, 64 * 1024, &mut batch).expect("read");
+        if log.read_batch(from, 64 * 1024, &mut batch).is_err() {
+            return out;
+        }
         let Some(end) = batch.end() else { break };
         for (seq, record) in batch.records() {
             if let Some(record) = record {
@@ -161,7 +184,7 @@ fn damage(dir: &Path, file: u8, position: u16, bits: u8) -> Option<Option<String
 fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let dir = TempDir::new("model");
     let mut model = Model::default();
-    let mut current = Some(open(&dir.0));
+    let mut current = Some(open(&dir.0, None));
     let mut refused_here = 0u64;
     for step in steps {
         let state = current.as_mut().expect("open");
@@ -197,7 +220,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
             }
             Step::Maintain => state.log.maintain(),
-            Step::Crash => {
+            Step::Crash(crash_in) => {
                 prop_assert_eq!(
                     state
                         .log
@@ -209,8 +232,10 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 drop(current.take());
                 model.in_memory = Default::default();
                 refused_here = 0;
-                current = Some(open(&dir.0));
+                current = Some(open(&dir.0, None));
                 check(current.as_ref().expect("open"), &model)?;
+                drop(current.take());
+                current = Some(open(&dir.0, crash_in));
             }
             Step::Damage {
                 file,
@@ -223,11 +248,15 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 model.in_memory = Default::default();
                 refused_here = 0;
-                current = Some(open(&dir.0));
+                current = Some(open(&dir.0, None));
                 check(current.as_ref().expect("open"), &model)?;
             }
         }
     }
+    // The end: a last restart, then everything is delivered.
+    drop(current.take());
+    model.in_memory = Default::default();
+    let mut current = Some(open(&dir.0, None));
     let state = current.as_mut().expect("open");
     check(state, &model)?;
     // Everything appended is delivered at least once to each destination in the end.
