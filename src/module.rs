@@ -781,11 +781,15 @@ pub fn status_text() -> String {
         lines.push((
             format!("Destination {}", status.name),
             format!(
-                "{line}; {thread}; delivered {}, failed {}, in flight {}, waiting {}",
+                "{line}; {thread}; delivered {}, failed {}, in flight {}, waiting {}{}",
                 DestinationStats::get(&destination.delivered),
                 DestinationStats::get(&destination.failed),
                 DestinationStats::get(&destination.in_flight),
-                status.waiting
+                status.waiting,
+                match DestinationStats::get(&destination.panics) {
+                    0 => String::new(),
+                    panics => format!(", {panics} pass(es) panicked (see the log)"),
+                }
             ),
         ));
         if let Some((error, when)) = destination.last_error.lock().ok().and_then(|l| l.clone()) {

@@ -8,6 +8,7 @@
 //! reload can replace the destination and keep the ledger.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +64,8 @@ pub struct DestinationStats {
     /// Records the log could not read back intact (skipped).
     pub damaged: AtomicU64,
     pub rebuilds: AtomicU64,
+    /// Passes that panicked (and were survived).
+    pub panics: AtomicU64,
     pub in_flight: AtomicU64,
     /// Every record below it is confirmed.
     pub watermark: AtomicU64,
@@ -144,7 +147,13 @@ impl Feeder {
     pub fn run(mut self, stop: &AtomicBool) -> (Ledger, u64) {
         self.stats.running.store(true, Ordering::Release);
         while !stop.load(Ordering::Acquire) {
-            match self.pass() {
+            // A panic in one pass (a destination's bug) must not end delivery: it is
+            // logged by the panic hook, and the records wait in the log for the next pass.
+            let next = catch_unwind(AssertUnwindSafe(|| self.pass())).unwrap_or_else(|_| {
+                DestinationStats::add(&self.stats.panics, 1);
+                Next::Window
+            });
+            match next {
                 Next::Soon => self.log.wait(PRESSURE_WINDOW),
                 Next::Window => self.log.wait(self.settings.batch_window),
                 Next::Idle => self.log.wait_for_append(self.cursor, IDLE_WINDOW),

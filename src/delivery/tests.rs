@@ -22,6 +22,8 @@ struct Seen {
     full: bool,
     /// Breaks (as a fatal producer error) once when this many records were taken.
     break_at: Option<usize>,
+    /// Panics once when this many records were taken (a destination's bug).
+    panic_at: Option<usize>,
 }
 
 struct MemoryDestination {
@@ -58,6 +60,11 @@ impl Destination for MemoryDestination {
             return Offer::Refused("refused by the test".into());
         }
         self.count += 1;
+        if seen.panic_at == Some(self.count) {
+            seen.panic_at = None;
+            drop(seen);
+            panic!("a destination's bug (the test's)");
+        }
         if seen.break_at == Some(self.count) {
             seen.break_at = None;
             self.broken = true;
@@ -289,5 +296,34 @@ fn records_wait_across_a_restart_and_arrive_once() {
         .unwrap();
     wait_for("everything arrived", || delivered(&seen).len() == 500);
     assert_eq!(delivered(&seen), ids(0..500));
+    delivery.shutdown();
+}
+
+#[test]
+fn a_panicking_destination_does_not_stop_delivery() {
+    let dir = TempDir::new("panic");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let seen = Arc::<Mutex<Seen>>::default();
+    seen.lock().unwrap().panic_at = Some(30);
+    delivery
+        .start(MemoryDestination::boxed("global", &seen), FAST)
+        .unwrap();
+    for n in 0..100 {
+        append(&log, n).unwrap();
+    }
+    wait_for("everything arrived", || {
+        let got = delivered(&seen);
+        ids(0..100).iter().all(|id| got.contains(id))
+    });
+    let statuses = delivery.statuses();
+    assert_eq!(
+        super::feeder::DestinationStats::get(&statuses[0].stats.panics),
+        1
+    );
+    assert!(statuses[0]
+        .stats
+        .running
+        .load(std::sync::atomic::Ordering::Acquire));
     delivery.shutdown();
 }
