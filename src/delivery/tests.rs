@@ -129,6 +129,33 @@ fn delivered(seen: &Arc<Mutex<Seen>>) -> Vec<String> {
     seen.lock().unwrap().delivered.clone()
 }
 
+/// A log with one memory destination named `global`, set up by `prepare`.
+fn one_destination(
+    tag: &str,
+    prepare: impl FnOnce(&mut Seen),
+) -> (TempDir, Arc<Log>, Delivery, Arc<Mutex<Seen>>) {
+    let dir = TempDir::new(tag);
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let seen = Arc::<Mutex<Seen>>::default();
+    prepare(&mut seen.lock().unwrap());
+    delivery
+        .start(MemoryDestination::boxed("global", &seen), FAST)
+        .unwrap();
+    (dir, log, delivery, seen)
+}
+
+/// Appends records `range`, then waits until each arrived at least once.
+fn append_and_wait_for_all(log: &Log, seen: &Arc<Mutex<Seen>>, range: std::ops::Range<u64>) {
+    for n in range.clone() {
+        append(log, n).unwrap();
+    }
+    wait_for("everything arrived", || {
+        let got = delivered(seen);
+        ids(range.clone()).iter().all(|id| got.contains(id))
+    });
+}
+
 #[test]
 fn two_destinations_each_get_every_record_once_in_order() {
     let dir = TempDir::new("two");
@@ -224,14 +251,8 @@ fn stopped_destination_goes_on_where_it_stopped() {
 
 #[test]
 fn refused_record_is_dead_lettered_and_the_rest_flows() {
-    let dir = TempDir::new("refuse");
-    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
-    let mut delivery = Delivery::new(Arc::clone(&log));
-    let seen = Arc::<Mutex<Seen>>::default();
-    seen.lock().unwrap().refuse.push("id-3".into());
-    delivery
-        .start(MemoryDestination::boxed("global", &seen), FAST)
-        .unwrap();
+    let (_dir, log, mut delivery, seen) =
+        one_destination("refuse", |seen| seen.refuse.push("id-3".into()));
     for n in 0..10 {
         append(&log, n).unwrap();
     }
@@ -248,21 +269,9 @@ fn refused_record_is_dead_lettered_and_the_rest_flows() {
 
 #[test]
 fn broken_destination_is_rebuilt_and_loses_nothing() {
-    let dir = TempDir::new("broken");
-    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
-    let mut delivery = Delivery::new(Arc::clone(&log));
-    let seen = Arc::<Mutex<Seen>>::default();
-    seen.lock().unwrap().break_at = Some(40);
-    delivery
-        .start(MemoryDestination::boxed("global", &seen), FAST)
-        .unwrap();
-    for n in 0..100 {
-        append(&log, n).unwrap();
-    }
-    wait_for("everything arrived", || {
-        let got = delivered(&seen);
-        ids(0..100).iter().all(|id| got.contains(id))
-    });
+    let (_dir, log, mut delivery, seen) =
+        one_destination("broken", |seen| seen.break_at = Some(40));
+    append_and_wait_for_all(&log, &seen, 0..100);
     let statuses = delivery.statuses();
     assert!(super::feeder::DestinationStats::get(&statuses[0].stats.rebuilds) >= 1);
     assert!(
@@ -301,21 +310,8 @@ fn records_wait_across_a_restart_and_arrive_once() {
 
 #[test]
 fn a_panicking_destination_does_not_stop_delivery() {
-    let dir = TempDir::new("panic");
-    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
-    let mut delivery = Delivery::new(Arc::clone(&log));
-    let seen = Arc::<Mutex<Seen>>::default();
-    seen.lock().unwrap().panic_at = Some(30);
-    delivery
-        .start(MemoryDestination::boxed("global", &seen), FAST)
-        .unwrap();
-    for n in 0..100 {
-        append(&log, n).unwrap();
-    }
-    wait_for("everything arrived", || {
-        let got = delivered(&seen);
-        ids(0..100).iter().all(|id| got.contains(id))
-    });
+    let (_dir, log, mut delivery, seen) = one_destination("panic", |seen| seen.panic_at = Some(30));
+    append_and_wait_for_all(&log, &seen, 0..100);
     let statuses = delivery.statuses();
     assert_eq!(
         super::feeder::DestinationStats::get(&statuses[0].stats.panics),
