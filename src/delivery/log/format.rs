@@ -17,11 +17,13 @@ pub const ENTRY_HEADER_LEN: usize = 28;
 /// Larger than any record Asterisk produces; a longer entry is damage.
 pub const MAX_BODY: u32 = 16 * 1024 * 1024;
 
-/// What kind of record an entry holds (routing in later destinations uses it).
+/// What kind of record an entry holds: destinations take the kinds they name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     Cdr,
     Cel,
+    /// The module's own `module_start` / `module_stop` records.
+    Control,
 }
 
 impl RecordKind {
@@ -29,6 +31,7 @@ impl RecordKind {
         match self {
             Self::Cdr => 1,
             Self::Cel => 2,
+            Self::Control => 3,
         }
     }
 
@@ -36,6 +39,7 @@ impl RecordKind {
         match code {
             1 => Some(Self::Cdr),
             2 => Some(Self::Cel),
+            3 => Some(Self::Control),
             _ => None,
         }
     }
