@@ -43,6 +43,35 @@ pub struct CelEvent<'a> {
     pub extra: &'a [u8],
 }
 
+/// The fields of a CEL record, in the order they are written.
+pub const CEL_FIELDS: [&str; 25] = [
+    "eventname",
+    "eventtime",
+    "userdeftype",
+    "cid_name",
+    "cid_num",
+    "cid_ani",
+    "cid_rdnis",
+    "cid_dnid",
+    "exten",
+    "context",
+    "channame",
+    "appname",
+    "appdata",
+    "accountcode",
+    "peeraccount",
+    "uniqueid",
+    "linkedid",
+    "amaflags",
+    "userfield",
+    "peer",
+    "tenantid",
+    "extra",
+    "extra_raw",
+    "EntityID",
+    "SystemName",
+];
+
 /// Asterisk's CEL event names (`ast_cel_get_type_name`), for `events =`.
 pub const EVENT_NAMES: [&str; 21] = [
     "CHAN_START",

@@ -11,6 +11,13 @@ use std::time::Duration;
 
 use crate::cel::{CelKey, EVENT_NAMES};
 use crate::record::KeyField;
+use crate::routing::RecordKinds;
+
+mod destinations;
+pub use destinations::{
+    known_field, DestinationSettings, DestinationType, Output, OutputFormat, Routing,
+    COMMON_OPTIONS, CONTROL_FIELDS,
+};
 
 pub const CONFIG_FILE: &str = "cdr_kafka.conf";
 /// res_kafka's file, read for `connection = NAME`.
@@ -154,6 +161,10 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub spool: SpoolOptions,
     pub cel: CelSettings,
+    /// `[global]`'s routing options (its Kafka destination is named `global`).
+    pub routing: Routing,
+    /// The other destinations, in file order.
+    pub destinations: Vec<DestinationSettings>,
 }
 
 /// The `[cel]` section.
@@ -221,7 +232,13 @@ pub enum ConfigError {
         expected: String,
     },
     /// Neither `brokers` nor `connection` says where Kafka is.
-    NoBrokers { file: &'static str },
+    NoBrokers { file: &'static str, section: String },
+    /// A destination lacks an option its type needs.
+    MissingDestinationOption {
+        section: String,
+        name: &'static str,
+        line: i32,
+    },
     /// An option another option's value makes necessary is not set.
     MissingOption {
         name: &'static str,
@@ -248,7 +265,7 @@ impl fmt::Display for ConfigError {
                 line,
             } => write!(
                 f,
-                "{file} [{section}] (line {line}): unknown section (cdr_kafka.conf has [global] and [cel])"
+                "{file} [{section}] (line {line}): unknown section (cdr_kafka.conf has [global], [cel] and destination sections with a type = kafka, file, syslog or http)"
             ),
             Self::UnknownOption {
                 file,
@@ -270,9 +287,17 @@ impl fmt::Display for ConfigError {
                 f,
                 "{file} [{section}] {name} = '{value}' (line {line}): {expected}"
             ),
-            Self::NoBrokers { file } => write!(
+            Self::NoBrokers { file, section } => write!(
                 f,
-                "{file} [global]: neither 'brokers' nor 'connection' is set, so there is no Kafka to publish to"
+                "{file} [{section}]: neither 'brokers' nor 'connection' is set, so there is no Kafka to publish to"
+            ),
+            Self::MissingDestinationOption {
+                section,
+                name,
+                line,
+            } => write!(
+                f,
+                "{CONFIG_FILE} [{section}] (line {line}): this type of destination needs '{name}'"
             ),
             Self::MissingOption { name, why } => {
                 write!(f, "{CONFIG_FILE} [global] {name} is not set: {why}")
@@ -334,36 +359,37 @@ pub fn parse(
             events: Vec::new(),
             usegmtime: false,
         },
+        routing: Routing::new(RecordKinds {
+            cdr: true,
+            cel: true,
+            control: false,
+        }),
+        destinations: Vec::new(),
     };
     let mut producer_entries: Vec<&Entry> = Vec::new();
+    let mut global_entries: Vec<&Entry> = Vec::new();
+    let mut topic_entry = None;
+    let mut sections: Vec<(&str, Vec<&Entry>)> = Vec::new();
     for entry in entries {
         if entry.section == CEL {
             parse_cel_option(&mut settings.cel, entry, host)?;
             continue;
         }
         if entry.section != GLOBAL {
-            return Err(ConfigError::UnknownSection {
-                file: CONFIG_FILE,
-                section: entry.section.clone(),
-                line: entry.line,
-            });
+            match sections.iter_mut().find(|(name, _)| *name == entry.section) {
+                Some((_, list)) => list.push(entry),
+                None => sections.push((&entry.section, vec![entry])),
+            }
+            continue;
+        }
+        global_entries.push(entry);
+        if destinations::apply_routing_option(&mut settings.routing, entry)? {
+            continue;
         }
         let bad = |expected: &str| bad_value(CONFIG_FILE, entry, expected);
         let flag = || parse_bool(&entry.value).ok_or_else(|| bad("not yes or no"));
         match entry.name.as_str() {
-            "connection" => {
-                let name = entry.value.trim();
-                settings.connection = (!name.is_empty()).then(|| name.to_string());
-            }
-            "topic" => {
-                let topic = entry.value.trim();
-                if !valid_topic(topic) {
-                    return Err(bad(
-                        "not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)",
-                    ));
-                }
-                settings.topic = topic.to_string();
-            }
+            "topic" => topic_entry = Some(entry),
             "key" => settings.key = parse_key(entry, host)?,
             "loguniqueid" => settings.loguniqueid = flag()?,
             "loguserfield" => settings.loguserfield = flag()?,
@@ -398,42 +424,105 @@ pub fn parse(
                 let ms = parse_number(entry, CONFIG_FILE, 0, 900_000)?;
                 settings.linger = Duration::from_millis(ms);
             }
+            "connection" => producer_entries.push(entry),
+            "type" => {
+                return Err(ConfigError::UnknownOption {
+                    file: CONFIG_FILE,
+                    section: entry.section.clone(),
+                    name: entry.name.clone(),
+                    line: entry.line,
+                })
+            }
             _ => producer_entries.push(entry),
         }
     }
+    if settings.routing.output.pretty {
+        // Only file destinations take pretty; [global] is Kafka.
+        let entry = global_entries.iter().rev().find(|e| e.name == "pretty");
+        if let Some(entry) = entry {
+            return Err(bad_value(
+                CONFIG_FILE,
+                entry,
+                "pretty is for file destinations only",
+            ));
+        }
+    }
+    match destinations::check_routing(&mut settings.routing, &global_entries, topic_entry)? {
+        Some(topic) => settings.topic = topic,
+        None if settings.routing.topic_template.is_some() => {
+            settings.topic = settings
+                .routing
+                .topic_fallback
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TOPIC.to_string());
+        }
+        None => {}
+    }
+    settings.connection = producer_entries
+        .iter()
+        .rev()
+        .find(|e| e.name == "connection")
+        .map(|e| e.value.trim().to_string())
+        .filter(|name| !name.is_empty());
+    settings.kafka = build_producer(GLOBAL, &producer_entries, read_kafka_conf)?;
+    for (name, section_entries) in &sections {
+        let destination =
+            destinations::parse_section(name, section_entries, host, &mut |section, entries| {
+                build_producer(section, entries, read_kafka_conf)
+            })?;
+        settings.destinations.push(destination);
+    }
+    limit_message_timeouts(&mut settings);
+    Ok(settings)
+}
 
-    if let Some(name) = &settings.connection {
+/// A producer's librdkafka properties from a section's producer options (and the
+/// kafka.conf connection it names), with the module's defaults.
+fn build_producer(
+    section: &str,
+    producer_entries: &[&Entry],
+    read_kafka_conf: &mut dyn FnMut() -> Result<Vec<Entry>, ConfigError>,
+) -> Result<KafkaSettings, ConfigError> {
+    let mut kafka = KafkaSettings::default();
+    let connection = producer_entries
+        .iter()
+        .rev()
+        .find(|e| e.name == "connection")
+        .map(|e| e.value.trim())
+        .filter(|name| !name.is_empty());
+    if let Some(name) = connection {
         let kafka_entries = read_kafka_conf()?;
-        let section: Vec<&Entry> = kafka_entries
-            .iter()
-            .filter(|e| &e.section == name)
-            .collect();
-        let is_connection = section
+        let connection_section: Vec<&Entry> =
+            kafka_entries.iter().filter(|e| e.section == name).collect();
+        let is_connection = connection_section
             .iter()
             .any(|e| e.name == "type" && e.value.trim() == "connection");
         if !is_connection {
-            return Err(ConfigError::UnknownConnection { name: name.clone() });
+            return Err(ConfigError::UnknownConnection {
+                name: name.to_string(),
+            });
         }
         // res_kafka's default when a connection names no brokers.
-        settings
-            .kafka
+        kafka
             .properties
             .insert("bootstrap.servers".into(), RES_KAFKA_DEFAULT_BROKERS.into());
-        for entry in section.into_iter().filter(|e| e.name != "type") {
-            apply_producer_option(&mut settings.kafka, KAFKA_CONFIG_FILE, entry)?;
+        for entry in connection_section.into_iter().filter(|e| e.name != "type") {
+            apply_producer_option(&mut kafka, KAFKA_CONFIG_FILE, entry)?;
         }
     }
     // Options in cdr_kafka.conf override those of the connection.
-    for entry in producer_entries {
-        apply_producer_option(&mut settings.kafka, CONFIG_FILE, entry)?;
+    for entry in producer_entries.iter().filter(|e| e.name != "connection") {
+        apply_producer_option(&mut kafka, CONFIG_FILE, entry)?;
     }
-
-    let properties = &mut settings.kafka.properties;
+    let properties = &mut kafka.properties;
     if properties
         .get("bootstrap.servers")
         .is_none_or(|brokers| brokers.trim().is_empty())
     {
-        return Err(ConfigError::NoBrokers { file: CONFIG_FILE });
+        return Err(ConfigError::NoBrokers {
+            file: CONFIG_FILE,
+            section: section.to_string(),
+        });
     }
     let sasl = properties
         .get("security.protocol")
@@ -461,7 +550,50 @@ pub fn parse(
             .entry(property.to_string())
             .or_insert_with(|| default.to_string());
     }
-    Ok(settings)
+    Ok(kafka)
+}
+
+/// A destination that gives up on records after `give_up_after_ms` needs its producer
+/// to report a record it could not deliver by then (librdkafka's `message.timeout.ms`),
+/// or a record in flight would never be given up.
+fn limit_message_timeouts(settings: &mut Settings) {
+    fn limit(kafka: &mut KafkaSettings, give_up: Duration) {
+        let ms = give_up.as_millis().min(2_147_483_647);
+        let current: u128 = kafka
+            .get("message.timeout.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if current == 0 || current > ms {
+            kafka
+                .properties
+                .insert("message.timeout.ms".into(), ms.to_string());
+        }
+    }
+    let mut shared = settings.routing.give_up_after;
+    for destination in &mut settings.destinations {
+        let Some(give_up) = destination.routing.give_up_after else {
+            continue;
+        };
+        if destination.kind != DestinationType::Kafka {
+            continue;
+        }
+        match &mut destination.kafka {
+            Some(own) => limit(own, give_up),
+            None => shared = Some(shared.map_or(give_up, |s| s.min(give_up))),
+        }
+    }
+    if let Some(give_up) = shared {
+        limit(&mut settings.kafka, give_up);
+    }
+}
+
+/// Whether `name` is a producer option of cdr_kafka.conf (for a Kafka destination).
+fn is_producer_option(name: &str) -> bool {
+    name == "connection"
+        || name.starts_with(PASSTHROUGH_PREFIX)
+        || OPTIONS
+            .iter()
+            .any(|o| o.name == name && o.librdkafka.is_some())
 }
 
 fn bad_value(file: &'static str, entry: &Entry, expected: &str) -> ConfigError {

@@ -42,7 +42,7 @@ impl Template {
             if let Part::Text(text) = part {
                 if let Some(bad) = text.chars().find(|c| !is_topic_char(*c)) {
                     return Err(format!(
-                        "'{bad}' cannot be in a Kafka topic name (a-z A-Z 0-9 . _ - and ${{field}})"
+                        "not a Kafka topic name: '{bad}' cannot be in one (a-z A-Z 0-9 . _ - and ${{field}})"
                     ));
                 }
             }
@@ -167,7 +167,7 @@ mod tests {
             .contains("never closed"));
         assert!(Template::parse("cdr/${accountcode}", &known)
             .unwrap_err()
-            .contains("'/' cannot be"));
+            .contains("'/' cannot be in one"));
         assert!(Template::parse("cdr.${accountcode}", &known).is_ok_and(|t| !t.is_fixed()));
     }
 }

@@ -1,0 +1,586 @@
+//! The destination sections of cdr_kafka.conf: `[name]` with a `type`, evaluated in
+//! file order after `[global]`, and the routing options `[global]` shares with them.
+//! Validation only: the module builds the destinations from these settings.
+
+use std::time::Duration;
+
+use super::{bad_value, parse_bool, parse_number, ConfigError, Entry, KafkaSettings, CONFIG_FILE};
+use crate::cel::CEL_FIELDS;
+use crate::record::{KeyField, CONTRACT_FIELDS};
+use crate::routing::control::ControlFlag;
+use crate::routing::filter::Filter;
+use crate::routing::template::Template;
+use crate::routing::{Missed, RecordKinds};
+
+/// The fields of the module's own start/stop records.
+pub const CONTROL_FIELDS: [&str; 11] = [
+    "type",
+    "module_version",
+    "asterisk_version",
+    "entity_id",
+    "system_name",
+    "hostname",
+    "time",
+    "config_digest",
+    "counters",
+    "spool_depth",
+    "record_id",
+];
+
+/// Names a destination section cannot take: the sections the module owns, and names
+/// that would not make a ledger file name.
+const RESERVED_SECTIONS: [&str; 3] = ["global", "cel", "general"];
+
+/// `type =` of a destination section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationType {
+    Kafka,
+    File,
+    Syslog,
+    Http,
+}
+
+impl DestinationType {
+    fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "kafka" => Some(Self::Kafka),
+            "file" => Some(Self::File),
+            "syslog" => Some(Self::Syslog),
+            "http" => Some(Self::Http),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kafka => "kafka",
+            Self::File => "file",
+            Self::Syslog => "syslog",
+            Self::Http => "http",
+        }
+    }
+
+    /// Options of this type besides the common ones.
+    fn own_options(self) -> &'static [&'static str] {
+        match self {
+            Self::Kafka => &["topic", "topic_fallback", "key"],
+            Self::File => &["path", "rotate", "rotate_time", "rotate_day", "pretty"],
+            Self::Syslog => &["socket", "facility", "level", "tag"],
+            Self::Http => &["url", "method", "header", "timeout_ms", "batch_max"],
+        }
+    }
+}
+
+/// `format =`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Contract,
+    Envelope,
+    Kv,
+}
+
+/// How a destination writes records.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Output {
+    pub format: OutputFormat,
+    /// `fields =` as written (validated).
+    pub fields: Option<String>,
+    pub snake_case: bool,
+    pub pretty: bool,
+}
+
+/// The options every destination has, `[global]` included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    pub records: RecordKinds,
+    pub missed: Missed,
+    /// `filter =` lines as written (validated).
+    pub filters: Vec<String>,
+    /// The topic template when it names fields (Kafka only).
+    pub topic_template: Option<String>,
+    pub topic_fallback: Option<String>,
+    pub control: ControlFlag,
+    /// `give_up_after_ms`; `None`: never (the record waits in the log).
+    pub give_up_after: Option<Duration>,
+    pub output: Output,
+    pub enabled: bool,
+}
+
+impl Routing {
+    pub fn new(records: RecordKinds) -> Self {
+        Self {
+            records,
+            missed: Missed::Include,
+            filters: Vec::new(),
+            topic_template: None,
+            topic_fallback: None,
+            control: ControlFlag::Required,
+            give_up_after: None,
+            output: Output::default(),
+            enabled: true,
+        }
+    }
+}
+
+/// One `[name] type = ...` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationSettings {
+    pub name: String,
+    pub kind: DestinationType,
+    pub routing: Routing,
+    /// Kafka: the topic (fixed) when it is not a template; `None`: the record's own.
+    pub topic: Option<String>,
+    /// Kafka: the message key's field.
+    pub key: Option<KeyField>,
+    /// Kafka: its own producer (`brokers` or `connection` in the section); `None`:
+    /// the `[global]` producer.
+    pub kafka: Option<KafkaSettings>,
+    /// The type's own options as written (file, syslog, http), checked by name here
+    /// and by value where the destination is built.
+    pub options: Vec<Entry>,
+}
+
+impl DestinationSettings {
+    /// The last value given for a type option.
+    pub fn option(&self, name: &str) -> Option<&Entry> {
+        self.options.iter().rev().find(|entry| entry.name == name)
+    }
+}
+
+/// Whether `name` is a field of some record kind `kinds` names.
+pub fn known_field(kinds: RecordKinds, name: &str) -> bool {
+    (kinds.cdr && CONTRACT_FIELDS.contains(&name))
+        || (kinds.cel && CEL_FIELDS.contains(&name))
+        || (kinds.control && CONTROL_FIELDS.contains(&name))
+}
+
+pub const COMMON_OPTIONS: [&str; 11] = [
+    "type",
+    "records",
+    "missed",
+    "filter",
+    "control",
+    "give_up_after_ms",
+    "format",
+    "fields",
+    "normalize",
+    "enabled",
+    "topic_fallback",
+];
+
+/// Applies a routing option of `[global]` or a destination; false when `entry` is not
+/// one. Filters and templates are checked once the section's `records` is known.
+pub fn apply_routing_option(routing: &mut Routing, entry: &Entry) -> Result<bool, ConfigError> {
+    let bad = |expected: &str| bad_value(CONFIG_FILE, entry, expected);
+    let value = entry.value.trim();
+    match entry.name.as_str() {
+        "records" => routing.records = RecordKinds::parse(value).map_err(|e| bad(&e))?,
+        "missed" => {
+            routing.missed =
+                Missed::parse(value).ok_or_else(|| bad("not include, only or exclude"))?
+        }
+        "filter" => routing.filters.push(value.to_string()),
+        "control" => {
+            routing.control = ControlFlag::parse(value)
+                .ok_or_else(|| bad(&format!("not one of {}", ControlFlag::NAMES.join(", "))))?
+        }
+        "give_up_after_ms" => {
+            let ms = parse_number(entry, CONFIG_FILE, 0, 2_147_483_647)?;
+            routing.give_up_after = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        "format" => {
+            routing.output.format = match value.to_ascii_lowercase().as_str() {
+                "contract" => OutputFormat::Contract,
+                "envelope" => OutputFormat::Envelope,
+                "kv" => OutputFormat::Kv,
+                _ => return Err(bad("not contract, envelope or kv")),
+            }
+        }
+        "fields" => routing.output.fields = (!value.is_empty()).then(|| value.to_string()),
+        "normalize" => {
+            routing.output.snake_case = match value.to_ascii_lowercase().as_str() {
+                "snake_case" => true,
+                "none" | "" => false,
+                _ => return Err(bad("not snake_case or none")),
+            }
+        }
+        "enabled" => routing.enabled = parse_bool(value).ok_or_else(|| bad("not yes or no"))?,
+        "topic_fallback" => {
+            if !super::valid_topic(value) {
+                return Err(bad(
+                    "not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)",
+                ));
+            }
+            routing.topic_fallback = Some(value.to_string());
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Checks what depends on more than one option: filters and templates against the
+/// record kinds, `fields` syntax, and that `pretty` is only for files.
+pub fn check_routing(
+    routing: &mut Routing,
+    section_entries: &[&Entry],
+    topic: Option<&Entry>,
+) -> Result<Option<String>, ConfigError> {
+    let kinds = routing.records;
+    let known = move |name: &str| known_field(kinds, name);
+    let filter_entries = section_entries.iter().filter(|e| e.name == "filter");
+    for entry in filter_entries {
+        Filter::parse(&entry.value, &known).map_err(|e| bad_value(CONFIG_FILE, entry, &e))?;
+    }
+    if let Some(entry) = section_entries.iter().rev().find(|e| e.name == "fields") {
+        check_fields(&entry.value).map_err(|e| bad_value(CONFIG_FILE, entry, &e))?;
+    }
+    let Some(topic) = topic else {
+        return Ok(None);
+    };
+    let value = topic.value.trim();
+    let template = Template::parse(value, &known).map_err(|e| bad_value(CONFIG_FILE, topic, &e))?;
+    if template.is_fixed() {
+        if !super::valid_topic(value) {
+            return Err(bad_value(
+                CONFIG_FILE,
+                topic,
+                "not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)",
+            ));
+        }
+        Ok(Some(value.to_string()))
+    } else {
+        routing.topic_template = Some(value.to_string());
+        Ok(None)
+    }
+}
+
+/// `fields = start,src,billsec:duration`: names, each optionally renamed.
+fn check_fields(spec: &str) -> Result<(), String> {
+    let mut outputs: Vec<&str> = Vec::new();
+    for item in spec.split(',').map(str::trim) {
+        let (from, to) = item.split_once(':').unwrap_or((item, item));
+        let (from, to) = (from.trim(), to.trim());
+        if from.is_empty() || to.is_empty() {
+            return Err(format!(
+                "'{item}' names no field (write name or name:new_name)"
+            ));
+        }
+        if outputs.contains(&to) {
+            return Err(format!("'{to}' is written twice"));
+        }
+        outputs.push(to);
+    }
+    Ok(())
+}
+
+/// Parses one destination section.
+pub fn parse_section(
+    name: &str,
+    entries: &[&Entry],
+    host: super::HostCapabilities,
+    build_producer: &mut dyn FnMut(&str, &[&Entry]) -> Result<KafkaSettings, ConfigError>,
+) -> Result<DestinationSettings, ConfigError> {
+    let first_line = entries.first().map_or(0, |e| e.line);
+    let type_entry = entries.iter().find(|e| e.name == "type");
+    let Some(type_entry) = type_entry else {
+        return Err(ConfigError::UnknownSection {
+            file: CONFIG_FILE,
+            section: name.to_string(),
+            line: first_line,
+        });
+    };
+    let kind = DestinationType::parse(&type_entry.value)
+        .ok_or_else(|| bad_value(CONFIG_FILE, type_entry, "not kafka, file, syslog or http"))?;
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid_name || RESERVED_SECTIONS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(bad_value(
+            CONFIG_FILE,
+            type_entry,
+            &format!(
+                "a destination's section name must be 1 to 64 of a-z A-Z 0-9 _ - and not {}",
+                RESERVED_SECTIONS.join(", ")
+            ),
+        ));
+    }
+    let mut routing = Routing::new(RecordKinds::CDR);
+    let mut options = Vec::new();
+    let mut producer_entries: Vec<&Entry> = Vec::new();
+    let mut topic_entry = None;
+    let mut key = None;
+    for entry in entries {
+        if entry.name == "type" || apply_routing_option(&mut routing, entry)? {
+            continue;
+        }
+        let own = kind.own_options().contains(&entry.name.as_str());
+        match (kind, entry.name.as_str()) {
+            (DestinationType::Kafka, "topic") => topic_entry = Some(*entry),
+            (DestinationType::Kafka, "key") => key = super::parse_key(entry, host)?,
+            (DestinationType::Kafka, _) if super::is_producer_option(&entry.name) => {
+                producer_entries.push(entry)
+            }
+            (DestinationType::File, "pretty") => {
+                routing.output.pretty = parse_bool(&entry.value)
+                    .ok_or_else(|| bad_value(CONFIG_FILE, entry, "not yes or no"))?
+            }
+            (_, "pretty") => {
+                return Err(bad_value(
+                    CONFIG_FILE,
+                    entry,
+                    "pretty is for file destinations only",
+                ))
+            }
+            _ if own => options.push((*entry).clone()),
+            _ => {
+                return Err(ConfigError::UnknownOption {
+                    file: CONFIG_FILE,
+                    section: name.to_string(),
+                    name: entry.name.clone(),
+                    line: entry.line,
+                })
+            }
+        }
+    }
+    if routing.output.pretty && routing.output.format == OutputFormat::Kv {
+        let entry = entries.iter().rev().find(|e| e.name == "pretty").copied();
+        if let Some(entry) = entry {
+            return Err(bad_value(
+                CONFIG_FILE,
+                entry,
+                "pretty applies to JSON formats, not kv",
+            ));
+        }
+    }
+    let topic = check_routing(&mut routing, entries, topic_entry)?;
+    let own_producer = producer_entries
+        .iter()
+        .any(|e| e.name == "brokers" || e.name == "connection");
+    let kafka = if own_producer {
+        Some(build_producer(name, &producer_entries)?)
+    } else if let Some(entry) = producer_entries.first() {
+        return Err(bad_value(
+            CONFIG_FILE,
+            entry,
+            "this destination uses the [global] producer: set producer options in [global], or give the section its own brokers",
+        ));
+    } else {
+        None
+    };
+    let required: &[&str] = match kind {
+        DestinationType::File => &["path"],
+        DestinationType::Http => &["url"],
+        _ => &[],
+    };
+    for option in required {
+        if !options.iter().any(|e: &Entry| e.name == *option) {
+            return Err(ConfigError::MissingDestinationOption {
+                section: name.to_string(),
+                name: option,
+                line: type_entry.line,
+            });
+        }
+    }
+    Ok(DestinationSettings {
+        name: name.to_string(),
+        kind,
+        routing,
+        topic,
+        key,
+        kafka,
+        options,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, ConfigError, Entry, HostCapabilities, Settings};
+    use super::*;
+
+    fn conf(text: &str) -> Result<Settings, ConfigError> {
+        let mut section = String::new();
+        let mut entries = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.split(';').next().unwrap_or("").trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+            } else if let Some((name, value)) = line.split_once('=') {
+                entries.push(Entry {
+                    section: section.clone(),
+                    name: name.trim().to_string(),
+                    value: value.trim().to_string(),
+                    line: index as i32 + 1,
+                });
+            }
+        }
+        let host = HostCapabilities {
+            tenant_fields: true,
+        };
+        parse(&entries, host, &mut || Ok(Vec::new()))
+    }
+
+    fn error(text: &str) -> String {
+        conf(text).expect_err("refused").to_string()
+    }
+
+    const ISSUE_EXAMPLE: &str = "
+[global]
+brokers = 127.0.0.1:9092
+topic = asterisk_cdr
+
+[missed]
+type = kafka
+records = cdr
+topic = cdr.missed.${accountcode}
+topic_fallback = cdr.missed.unknown
+missed = only
+filter = dcontext != internal
+control = optional
+
+[archive]
+type = file
+path = /var/log/asterisk/cdr_kafka/cdr.jsonl
+rotate = daily
+format = envelope
+";
+
+    #[test]
+    fn the_documented_example_parses_in_file_order() {
+        let settings = conf(ISSUE_EXAMPLE).expect("valid");
+        let names: Vec<&str> = settings
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["missed", "archive"]);
+        let missed = &settings.destinations[0];
+        assert_eq!(missed.kind, DestinationType::Kafka);
+        assert_eq!(
+            missed.kafka, None,
+            "no brokers of its own: the [global] producer"
+        );
+        assert_eq!(
+            missed.routing.topic_template.as_deref(),
+            Some("cdr.missed.${accountcode}")
+        );
+        assert_eq!(missed.routing.missed, Missed::Only);
+        assert_eq!(missed.routing.filters, ["dcontext != internal"]);
+        assert_eq!(missed.routing.control, ControlFlag::Optional);
+        let archive = &settings.destinations[1];
+        assert_eq!(archive.kind, DestinationType::File);
+        assert_eq!(archive.routing.output.format, OutputFormat::Envelope);
+        assert_eq!(
+            archive.option("rotate").map(|e| e.value.as_str()),
+            Some("daily")
+        );
+        assert!(settings.routing.records.cdr && settings.routing.records.cel);
+        assert_eq!(settings.routing.control, ControlFlag::Required);
+    }
+
+    #[test]
+    fn mistakes_in_a_destination_name_file_section_line_and_reason() {
+        let cases = [
+            (
+                "[x]\ntype = kafka\ntopik = a",
+                "cdr_kafka.conf [x] topik (line 5): unknown option",
+            ),
+            (
+                "[x]\ntype = ftp",
+                "[x] type = 'ftp' (line 4): not kafka, file, syslog or http",
+            ),
+            ("[x]\nrecords = cdr", "[x] (line 4): unknown section"),
+            (
+                "[x]\ntype = kafka\ntopic = cdr.${acount}",
+                "(line 5): 'acount' is not a field",
+            ),
+            (
+                "[x]\ntype = kafka\nfilter = dst ~ ([",
+                "(line 5): bad regular expression",
+            ),
+            (
+                "[x]\ntype = file",
+                "[x] (line 4): this type of destination needs 'path'",
+            ),
+            ("[x]\ntype = http", "needs 'url'"),
+            (
+                "[x]\ntype = kafka\npretty = yes",
+                "pretty is for file destinations only",
+            ),
+            ("[x]\ntype = kafka\nacks = 1", "uses the [global] producer"),
+            (
+                "[x]\ntype = kafka\ncontrol = requisite",
+                "not one of required, optional",
+            ),
+            (
+                "[x]\ntype = kafka\nmissed = never",
+                "not include, only or exclude",
+            ),
+            (
+                "[x]\ntype = kafka\nformat = xml",
+                "not contract, envelope or kv",
+            ),
+            (
+                "[x]\ntype = file\npath = /x\nfields = a,b:a",
+                "'a' is written twice",
+            ),
+            (
+                "[x]\ntype = syslog\nurl = http://x",
+                "[x] url (line 5): unknown option",
+            ),
+            ("[cel]\ntype = kafka", "unknown option"),
+            ("[a b]\ntype = kafka", "section name must be"),
+        ];
+        for (section, expected) in cases {
+            let text = format!("[global]\nbrokers = k:9092\n{section}\n");
+            let message = error(&text);
+            assert!(message.contains(expected), "{section:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_destination_with_brokers_has_its_own_producer() {
+        let settings =
+            conf("[global]\nbrokers = k:9092\n[dr]\ntype = kafka\nbrokers = dr:9092\nacks = 1\n")
+                .expect("valid");
+        let own = settings.destinations[0]
+            .kafka
+            .as_ref()
+            .expect("own producer");
+        assert_eq!(own.get("bootstrap.servers"), Some("dr:9092"));
+        assert_eq!(own.get("acks"), Some("1"));
+        assert_eq!(own.get("enable.idempotence"), Some("true"));
+        assert_eq!(settings.kafka.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn giving_up_bounds_the_producers_message_timeout() {
+        let settings = conf(
+            "[global]\nbrokers = k:9092\ncontrol = alternative\ngive_up_after_ms = 30000\n[archive]\ntype = file\npath = /x\ncontrol = sufficient\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            settings.routing.give_up_after,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(settings.kafka.get("message.timeout.ms"), Some("30000"));
+        let never = conf("[global]\nbrokers = k:9092\n").expect("valid");
+        assert_eq!(never.kafka.get("message.timeout.ms"), Some("0"));
+    }
+
+    #[test]
+    fn global_topic_may_be_a_template_with_a_fallback() {
+        let settings = conf(
+            "[global]\nbrokers = k:9092\ntopic = cdr.${accountcode}\ntopic_fallback = cdr.none\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            settings.routing.topic_template.as_deref(),
+            Some("cdr.${accountcode}")
+        );
+        assert_eq!(settings.topic, "cdr.none");
+        assert!(settings.destinations.is_empty());
+    }
+}
