@@ -274,12 +274,16 @@ fn check_fields(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Builds a section's own producer settings from its producer options.
+pub type ProducerBuilder<'a> =
+    dyn FnMut(&str, &[&Entry]) -> Result<KafkaSettings, ConfigError> + 'a;
+
 /// Parses one destination section.
 pub fn parse_section(
     name: &str,
     entries: &[&Entry],
     host: super::HostCapabilities,
-    build_producer: &mut dyn FnMut(&str, &[&Entry]) -> Result<KafkaSettings, ConfigError>,
+    build_producer: &mut ProducerBuilder<'_>,
 ) -> Result<DestinationSettings, ConfigError> {
     let first_line = entries.first().map_or(0, |e| e.line);
     let type_entry = entries.iter().find(|e| e.name == "type");

@@ -15,9 +15,13 @@ use std::time::{Duration, Instant};
 
 use super::dead_letter::DeadLetters;
 use super::destination::{Destination, Offer, Outcome};
-use super::log::{Ledger, Log, ReadBatch, StoredRecord, SyncPolicy};
+use super::log::{now_ms, Ledger, Log, ReadBatch, StoredRecord, SyncPolicy};
+use super::stack::{Stack, Verdict};
 use crate::ast_log;
 use crate::ratelimit::{suppressed_note, RateLimit};
+use crate::routing::control::Status;
+use crate::routing::fields::Fields;
+use crate::routing::{Decision, RecordKinds, Route};
 
 /// Most bytes read from the log in one go.
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -49,9 +53,68 @@ pub struct FeederSettings {
     pub flush_timeout: Duration,
 }
 
+/// Turns a record as logged into the bytes a destination writes (its `format`).
+pub trait Shaper: Send {
+    fn shape(&self, record: &StoredRecord<'_>, out: &mut Vec<u8>) -> Result<(), String>;
+}
+
+/// Which records a destination takes and how they look to it.
+pub struct Rules {
+    pub route: Route,
+    /// `None`: the payload as logged (the contract).
+    pub shaper: Option<Box<dyn Shaper>>,
+    /// A record not confirmed this long after it was captured has failed here.
+    pub give_up_after: Option<Duration>,
+    /// The stack and this destination's place in it, when control flags couple the
+    /// destinations.
+    pub stack: Option<(Arc<Stack>, usize)>,
+}
+
+impl Rules {
+    /// Every record, as logged.
+    pub fn everything(name: &str) -> Self {
+        Self {
+            route: Route::plain(
+                name,
+                RecordKinds {
+                    cdr: true,
+                    cel: true,
+                    control: true,
+                },
+            ),
+            shaper: None,
+            give_up_after: None,
+            stack: None,
+        }
+    }
+}
+
+/// What a destination does with a record it reads.
+enum Admit {
+    Offer,
+    /// Left out by its rules (counted as filtered, or skipped for `kafka_to` and
+    /// control flags).
+    Leave(Decision),
+    /// A destination before it in the stack has not dealt with the record yet.
+    Wait,
+    /// Not confirmed within `give_up_after_ms`.
+    GiveUp,
+    /// Cannot be shaped into this destination's format: never deliverable.
+    Refuse(String),
+}
+
 /// Counters of one destination; the status reads them. None can wrap.
 #[derive(Debug, Default)]
 pub struct DestinationStats {
+    /// Records its rules took (each once).
+    pub matched: AtomicU64,
+    /// Records its filters, missed-call rule or record kinds left out.
+    pub filtered: AtomicU64,
+    /// Records `CDR(kafka_to)` or the control flags sent elsewhere.
+    pub skipped: AtomicU64,
+    /// Records given up after `give_up_after_ms`.
+    pub gave_up: AtomicU64,
+
     /// Records handed over (again after a retry).
     pub offered: AtomicU64,
     pub delivered: AtomicU64,
@@ -110,6 +173,17 @@ pub struct Feeder {
     next_rebuild: Option<Instant>,
     read_error_log: RateLimit,
     dead_letter_log: RateLimit,
+    rules: Rules,
+    /// Failures waiting for the stack's verdict (coupled stacks only).
+    held: Vec<u64>,
+    /// The cursor stopped at a record the stack has no answer for yet.
+    waiting_on_stack: bool,
+    /// Records offered again from `retries` (not counted as matched twice).
+    retrying: bool,
+    /// When each record in flight was captured (for the latency histogram).
+    captured: std::collections::HashMap<u64, u64>,
+    topic_buffer: String,
+    payload_buffer: Vec<u8>,
 }
 
 impl Feeder {
@@ -120,8 +194,12 @@ impl Feeder {
         dead_letters: Arc<DeadLetters>,
         stats: Arc<DestinationStats>,
         settings: FeederSettings,
+        rules: Rules,
     ) -> Self {
         let cursor = ledger.state().watermark;
+        if let Some((stack, index)) = &rules.stack {
+            stack.attach(*index, ledger.watermarks());
+        }
         stats.watermark.store(cursor, Ordering::Relaxed);
         Self {
             log,
@@ -139,6 +217,13 @@ impl Feeder {
             next_rebuild: None,
             read_error_log: RateLimit::new(10),
             dead_letter_log: RateLimit::new(10),
+            rules,
+            held: Vec::new(),
+            waiting_on_stack: false,
+            retrying: false,
+            captured: std::collections::HashMap::new(),
+            topic_buffer: String::new(),
+            payload_buffer: Vec::new(),
         }
     }
 
@@ -175,7 +260,9 @@ impl Feeder {
     /// One pass: outcomes in, a rebuild if needed, records out, confirmations down.
     /// Says when the next pass is due.
     pub fn pass(&mut self) -> Next {
+        self.waiting_on_stack = false;
         let settled = self.settle();
+        self.settle_held();
         if let Some(reason) = self.destination.broken() {
             self.rebuild(&reason);
         }
@@ -197,6 +284,10 @@ impl Feeder {
         self.write_ledger();
         self.log.maintain();
         let in_flight = self.destination.in_flight();
+        if let Some((stack, _)) = &self.rules.stack {
+            stack.forget_confirmed();
+        }
+        let stopped_full = stopped_full && !self.waiting_on_stack;
         if self.log.under_pressure() || (stopped_full && settled > 0) {
             // Filling up, or the destination takes records as fast as it confirms them.
             Next::Soon
@@ -206,6 +297,8 @@ impl Feeder {
             && !unwritten
             && self.retries.is_empty()
             && self.refusals.is_empty()
+            && self.held.is_empty()
+            && !self.waiting_on_stack
             && self.next_rebuild.is_none()
         {
             Next::Idle
@@ -252,15 +345,25 @@ impl Feeder {
     fn settle(&mut self) -> usize {
         self.destination.collect(&mut self.outcomes);
         let outcomes = std::mem::take(&mut self.outcomes);
+        let now = now_ms();
         for (seq, outcome) in outcomes.iter().cloned() {
+            let captured = self.captured.remove(&seq);
             match outcome {
                 Outcome::Delivered => {
                     if self.ledger.ack(seq) {
                         DestinationStats::add(&self.stats.delivered, 1);
+                        self.post(seq, Status::Ok, None);
                     }
                 }
-                Outcome::Retry => self.retries.push_back(seq),
-                Outcome::Refused(reason) => self.refusals.push_back((seq, reason)),
+                Outcome::Retry => match (captured, self.rules.give_up_after) {
+                    (Some(at), Some(limit))
+                        if now.saturating_sub(at) >= limit.as_millis() as u64 =>
+                    {
+                        self.fail(seq, give_up_reason(limit));
+                    }
+                    _ => self.retries.push_back(seq),
+                },
+                Outcome::Refused(reason) => self.fail(seq, reason),
             }
         }
         let settled = outcomes.len();
@@ -317,6 +420,123 @@ impl Feeder {
         }
     }
 
+    /// Tells the stack what this destination did with a record (coupled stacks only).
+    fn post(&self, seq: u64, status: Status, reason: Option<String>) {
+        if let Some((stack, index)) = &self.rules.stack {
+            stack.post(*index, seq, status, reason);
+        }
+    }
+
+    /// This destination failed a record: with a coupled stack it waits for the
+    /// verdict; alone, it is dead-lettered now.
+    fn fail(&mut self, seq: u64, reason: String) {
+        if self.rules.stack.is_some() {
+            DestinationStats::add(&self.stats.failed, 1);
+            self.stats
+                .set_last_error(format!("record failed: {reason}"));
+            self.post(seq, Status::Failed, Some(reason));
+            self.held.push(seq);
+        } else {
+            self.refusals.push_back((seq, reason));
+        }
+    }
+
+    /// Confirms held failures whose verdict is in, writing the dead letter of a
+    /// record whose final status is failure (once, by one destination).
+    fn settle_held(&mut self) {
+        let Some((stack, _)) = self.rules.stack.clone() else {
+            return;
+        };
+        let mut still_held = Vec::new();
+        for seq in std::mem::take(&mut self.held) {
+            match self.log.read_one(seq, &mut self.batch) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(error) => {
+                    self.read_failed(&error);
+                    still_held.push(seq);
+                    continue;
+                }
+            }
+            let Some((_, Some(record))) = self.batch.records().next() else {
+                self.ledger.ack(seq);
+                continue;
+            };
+            match stack.verdict(&record) {
+                Verdict::Pending => still_held.push(seq),
+                Verdict::Success | Verdict::FailureWritten => {
+                    self.ledger.ack(seq);
+                }
+                Verdict::FailureWrite(reasons) => {
+                    let reason = reasons
+                        .iter()
+                        .map(|(name, reason)| format!("{name}: {reason}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    match self.dead_letters.write("stack", &record, &reason) {
+                        Ok(()) => {
+                            self.ledger.ack(seq);
+                        }
+                        Err(error) => {
+                            stack.unclaim(seq);
+                            still_held.push(seq);
+                            if let Some(held) = self.dead_letter_log.check() {
+                                ast_log!(
+                                    Error,
+                                    "cannot write {} (the record stays in the spool): {error}{}",
+                                    self.dead_letters.path().display(),
+                                    suppressed_note(held)
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.held = still_held;
+    }
+
+    /// Decides what this destination does with `record`, rendering its topic and
+    /// payload into the buffers when it is to be offered.
+    fn admit(&mut self, record: &StoredRecord<'_>) -> Admit {
+        let rules = &self.rules;
+        let mut fields: Option<Option<Fields>> = None;
+        if rules.route.needs_fields() {
+            fields = Some(Fields::parse(record.payload));
+        }
+        let decision = rules
+            .route
+            .decide(record, fields.as_ref().and_then(Option::as_ref));
+        if decision != Decision::Take {
+            return Admit::Leave(decision);
+        }
+        if let Some((stack, index)) = &rules.stack {
+            match stack.reaches(*index, record) {
+                None => return Admit::Wait,
+                Some(false) => return Admit::Leave(Decision::NotNamed),
+                Some(true) => {}
+            }
+        }
+        if let Some(limit) = rules.give_up_after {
+            if now_ms().saturating_sub(record.captured_ms) >= limit.as_millis() as u64 {
+                return Admit::GiveUp;
+            }
+        }
+        rules.route.topic(
+            record,
+            fields.as_ref().and_then(Option::as_ref),
+            &mut self.topic_buffer,
+        );
+        self.payload_buffer.clear();
+        if let Some(shaper) = &rules.shaper {
+            if let Err(reason) = shaper.shape(record, &mut self.payload_buffer) {
+                // Only a record that is not a JSON object fails here: never deliverable.
+                return Admit::Refuse(reason);
+            }
+        }
+        Admit::Offer
+    }
+
     fn read_failed(&mut self, error: &std::io::Error) {
         self.stats
             .set_last_error(format!("cannot read the spool: {error}"));
@@ -355,7 +575,10 @@ impl Feeder {
                 }
             }
             DestinationStats::add(&self.stats.retried, 1);
-            if !self.offer_batch() {
+            self.retrying = true;
+            let taken = self.offer_batch();
+            self.retrying = false;
+            if !taken {
                 self.retries.push_front(seq);
                 return false;
             }
@@ -399,9 +622,58 @@ impl Feeder {
                 self.cursor = self.cursor.max(seq + 1);
                 continue;
             };
-            match self.destination.offer(&record) {
+            match self.admit(&record) {
+                Admit::Offer => {}
+                Admit::Wait => {
+                    self.waiting_on_stack = true;
+                    all_taken = false;
+                    break;
+                }
+                Admit::Leave(decision) => {
+                    let counter = match decision {
+                        Decision::NotNamed => &self.stats.skipped,
+                        _ => &self.stats.filtered,
+                    };
+                    if self.ledger.ack(seq) && !self.retrying {
+                        DestinationStats::add(counter, 1);
+                    }
+                    self.post(seq, Status::Passed, None);
+                    self.cursor = self.cursor.max(seq + 1);
+                    continue;
+                }
+                Admit::GiveUp => {
+                    let limit = self.rules.give_up_after.unwrap_or_default();
+                    DestinationStats::add(&self.stats.gave_up, 1);
+                    self.fail(seq, give_up_reason(limit));
+                    self.cursor = self.cursor.max(seq + 1);
+                    continue;
+                }
+                Admit::Refuse(reason) => {
+                    self.fail(seq, reason);
+                    self.cursor = self.cursor.max(seq + 1);
+                    continue;
+                }
+            }
+            let shaped = StoredRecord {
+                topic: if self.rules.route.topic.is_some() {
+                    &self.topic_buffer
+                } else {
+                    record.topic
+                },
+                payload: if self.rules.shaper.is_some() {
+                    &self.payload_buffer
+                } else {
+                    record.payload
+                },
+                ..record.clone()
+            };
+            match self.destination.offer(&shaped) {
                 Offer::Taken => {
                     DestinationStats::add(&self.stats.offered, 1);
+                    if !self.retrying {
+                        DestinationStats::add(&self.stats.matched, 1);
+                    }
+                    self.captured.insert(seq, record.captured_ms);
                     if seq < self.log.first_new_seq {
                         DestinationStats::add(&self.stats.replayed, 1);
                     }
@@ -410,7 +682,7 @@ impl Feeder {
                     all_taken = false;
                     break;
                 }
-                Offer::Refused(reason) => self.refusals.push_back((seq, reason)),
+                Offer::Refused(reason) => self.fail(seq, reason),
             }
             self.cursor = self.cursor.max(seq + 1);
         }
@@ -444,6 +716,13 @@ impl Feeder {
             }
         }
     }
+}
+
+fn give_up_reason(limit: Duration) -> String {
+    format!(
+        "not confirmed within give_up_after_ms = {}",
+        limit.as_millis()
+    )
 }
 
 fn record_refused(stats: &DestinationStats, reason: &str, record: &StoredRecord<'_>) {

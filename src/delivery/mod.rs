@@ -13,6 +13,7 @@ pub mod destination;
 pub mod feeder;
 pub mod kafka;
 pub mod log;
+pub mod stack;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -23,7 +24,7 @@ use std::thread::JoinHandle;
 
 use dead_letter::DeadLetters;
 use destination::Destination;
-use feeder::{DestinationStats, Feeder, FeederSettings};
+use feeder::{DestinationStats, Feeder, FeederSettings, Rules};
 use log::{Ledger, Log, LogError};
 
 /// Why a destination could not be started.
@@ -97,6 +98,17 @@ impl Delivery {
         destination: Box<dyn Destination>,
         settings: FeederSettings,
     ) -> Result<u64, DeliveryError> {
+        let rules = Rules::everything(destination.name());
+        self.start_with_rules(destination, settings, rules)
+    }
+
+    /// As `start`, with the destination's routing, format and control-flag rules.
+    pub fn start_with_rules(
+        &mut self,
+        destination: Box<dyn Destination>,
+        settings: FeederSettings,
+        rules: Rules,
+    ) -> Result<u64, DeliveryError> {
         let name = destination.name().to_string();
         let unconfirmed = self.stop(&name).unwrap_or(0);
         let ledger = match self.parked.iter().position(|l| l.name() == name) {
@@ -111,6 +123,7 @@ impl Delivery {
             Arc::clone(&self.dead_letters),
             Arc::clone(&stats),
             settings,
+            rules,
         );
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);

@@ -323,3 +323,112 @@ fn a_panicking_destination_does_not_stop_delivery() {
         .load(std::sync::atomic::Ordering::Acquire));
     delivery.shutdown();
 }
+
+fn all_confirmed(delivery: &Delivery) -> bool {
+    delivery.statuses().iter().all(|status| status.waiting == 0)
+}
+
+/// `[kafka] control = alternative, give_up_after_ms` + `[file] control = sufficient`:
+/// the file gets exactly the records the first could not take in time.
+#[test]
+fn failover_destination_gets_exactly_what_the_first_gave_up() {
+    use super::feeder::Rules;
+    use super::stack::{Member, Stack};
+    use crate::routing::control::ControlFlag;
+    use crate::routing::{RecordKinds, Route};
+
+    let dir = TempDir::new("failover");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let everything = RecordKinds {
+        cdr: true,
+        cel: true,
+        control: true,
+    };
+    let stack = Stack::new(vec![
+        Member::new(ControlFlag::Alternative, Route::plain("kafka", everything)),
+        Member::new(ControlFlag::Sufficient, Route::plain("file", everything)),
+    ]);
+    let kafka = Arc::<Mutex<Seen>>::default();
+    let file = Arc::<Mutex<Seen>>::default();
+    kafka.lock().unwrap().full = true;
+    let mut kafka_rules = Rules::everything("kafka");
+    kafka_rules.give_up_after = Some(Duration::from_millis(200));
+    kafka_rules.stack = Some((Arc::clone(&stack), 0));
+    let mut file_rules = Rules::everything("file");
+    file_rules.stack = Some((Arc::clone(&stack), 1));
+    delivery
+        .start_with_rules(MemoryDestination::boxed("kafka", &kafka), FAST, kafka_rules)
+        .unwrap();
+    delivery
+        .start_with_rules(MemoryDestination::boxed("file", &file), FAST, file_rules)
+        .unwrap();
+
+    (0..5).for_each(|n| {
+        append(&log, n).unwrap();
+    });
+    wait_for("the file has the 5 records kafka gave up", || {
+        delivered(&file).len() == 5
+    });
+    assert!(delivered(&kafka).is_empty());
+    kafka.lock().unwrap().full = false;
+    (5..10).for_each(|n| {
+        append(&log, n).unwrap();
+    });
+    wait_for("kafka has the next 5", || delivered(&kafka).len() == 5);
+    wait_for("everything confirmed", || all_confirmed(&delivery));
+    assert_eq!(
+        delivered(&file),
+        ids(0..5),
+        "the file got only what kafka gave up"
+    );
+    assert_eq!(delivered(&kafka), ids(5..10));
+    assert!(
+        !delivery.dead_letter_path().exists(),
+        "nothing failed for good"
+    );
+}
+
+/// Both destinations of a failover pair fail a record: it is dead-lettered once, with
+/// both reasons.
+#[test]
+fn record_both_destinations_fail_is_dead_lettered_once_with_both_reasons() {
+    use super::feeder::Rules;
+    use super::stack::{Member, Stack};
+    use crate::routing::control::ControlFlag;
+    use crate::routing::{RecordKinds, Route};
+
+    let dir = TempDir::new("both-fail");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let cdr = RecordKinds::CDR;
+    let stack = Stack::new(vec![
+        Member::new(ControlFlag::Alternative, Route::plain("kafka", cdr)),
+        Member::new(ControlFlag::Sufficient, Route::plain("file", cdr)),
+    ]);
+    let kafka = Arc::<Mutex<Seen>>::default();
+    let file = Arc::<Mutex<Seen>>::default();
+    kafka.lock().unwrap().refuse = vec!["id-1".into()];
+    file.lock().unwrap().refuse = vec!["id-1".into()];
+    for (name, seen, index) in [("kafka", &kafka, 0), ("file", &file, 1)] {
+        let mut rules = Rules::everything(name);
+        rules.route = Route::plain(name, cdr);
+        rules.stack = Some((Arc::clone(&stack), index));
+        delivery
+            .start_with_rules(MemoryDestination::boxed(name, seen), FAST, rules)
+            .unwrap();
+    }
+    (0..3).for_each(|n| {
+        append(&log, n).unwrap();
+    });
+    wait_for("everything settled", || all_confirmed(&delivery));
+    assert_eq!(delivered(&kafka), ["id-0", "id-2"]);
+    assert!(delivered(&file).is_empty(), "kafka took the others");
+    let letters = std::fs::read_to_string(delivery.dead_letter_path()).unwrap();
+    assert_eq!(letters.lines().count(), 1, "{letters}");
+    assert!(letters.contains("id-1"), "{letters}");
+    assert!(
+        letters.contains("kafka: refused by the test; file: refused by the test"),
+        "{letters}"
+    );
+}

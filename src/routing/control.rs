@@ -116,7 +116,8 @@ mod tests {
     #[test]
     fn gnugk_control_flag_table() {
         // (stack, which destinations write the record, final status)
-        let table: &[(&[(ControlFlag, Status)], &[bool], bool)] = &[
+        type Row<'a> = (&'a [(ControlFlag, Status)], &'a [bool], bool);
+        let table: &[Row] = &[
             // required: a failure fails the record, the rest still get it
             (&[(Required, Ok)], &[true], true),
             (&[(Required, Failed)], &[true], false),

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use format::{NewRecord, RecordKind, StoredRecord};
 use io::Io;
 pub use ledger::Ledger;
-use ledger::Watermarks;
+pub use ledger::Watermarks;
 pub use reader::ReadBatch;
 pub use writer::AppendError;
 use writer::Writer;
