@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod module;
 pub mod ratelimit;
 pub mod record;
+pub mod shape;
 mod sys;
 
 use std::ffi::{c_char, c_int, CString};
