@@ -14,6 +14,7 @@ pub mod module;
 pub mod ratelimit;
 pub mod record;
 pub mod routing;
+pub mod shape;
 mod sys;
 
 use std::ffi::{c_char, c_int, CString};
