@@ -165,6 +165,9 @@ pub struct Settings {
     pub routing: Routing,
     /// The other destinations, in file order.
     pub destinations: Vec<DestinationSettings>,
+    /// CRC-32 of the file's options as read (secrets left out): says in the module's
+    /// start/stop records which configuration ran.
+    pub digest: u32,
 }
 
 /// The `[cel]` section.
@@ -365,6 +368,7 @@ pub fn parse(
             control: false,
         }),
         destinations: Vec::new(),
+        digest: digest(entries),
     };
     let mut producer_entries: Vec<&Entry> = Vec::new();
     let mut global_entries: Vec<&Entry> = Vec::new();
@@ -474,6 +478,26 @@ pub fn parse(
     }
     limit_message_timeouts(&mut settings);
     Ok(settings)
+}
+
+/// CRC-32 over every `section name = value` line, secrets' values left out.
+fn digest(entries: &[Entry]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for entry in entries {
+        let secret = OPTIONS
+            .iter()
+            .find(|o| o.name == entry.name)
+            .and_then(|o| o.librdkafka)
+            .or_else(|| entry.name.strip_prefix(PASSTHROUGH_PREFIX))
+            .is_some_and(KafkaSettings::is_secret);
+        hasher.update(entry.section.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(entry.name.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(if secret { b"" } else { entry.value.as_bytes() });
+        hasher.update(b"\n");
+    }
+    hasher.finalize()
 }
 
 /// A producer's librdkafka properties from a section's producer options (and the

@@ -10,11 +10,13 @@ pub mod asterisk;
 pub mod cel;
 pub mod config;
 pub mod delivery;
+pub mod destinations;
 pub mod module;
 pub mod ratelimit;
 pub mod record;
 pub mod routing;
 pub mod shape;
+pub mod shaping;
 mod sys;
 
 use std::ffi::{c_char, c_int, CString};

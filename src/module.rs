@@ -14,20 +14,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::asterisk::host::{self, Identity};
 use crate::cel::{self, CelEncodeOptions, CelEvent};
-use crate::config::{self, ConfigError, HostCapabilities, KafkaSettings, Settings, CONFIG_FILE};
-use crate::delivery::feeder::{DestinationStats, FeederSettings};
-use crate::delivery::kafka::{KafkaDestination, ProducerError, ProducerSettings};
+use crate::config::{self, ConfigError, HostCapabilities, Settings, CONFIG_FILE};
+use crate::delivery::destination::Destination;
+use crate::delivery::feeder::{DestinationStats, Rules};
 use crate::delivery::log::{
     legacy, AppendError, Log, LogError, LogSettings, NewRecord, RecordKind, SyncPolicy,
 };
+use crate::delivery::stack::Stack;
 use crate::delivery::stats::Stats;
 use crate::delivery::{Delivery, DeliveryError};
+use crate::destinations::{self, feeder_settings, BuildError};
+use crate::routing::KAFKA_TO_HEADER;
 use crate::ratelimit::{suppressed_note, RateLimit};
 use crate::record::{self, Cdr, EncodeOptions};
 use crate::{ast_log, asterisk};
 
-/// The name of the Kafka destination `[global]` configures.
-pub const GLOBAL_DESTINATION: &str = "global";
+pub use crate::destinations::GLOBAL_DESTINATION;
 
 /// Gives every record an id that is unique and stays the same on replay.
 pub struct RecordIds {
@@ -163,33 +165,38 @@ fn log_settings(settings: &Settings, identity: &Identity) -> LogSettings {
     }
 }
 
-fn producer_settings(kafka: &KafkaSettings) -> ProducerSettings {
-    ProducerSettings {
-        properties: kafka
-            .properties
-            .iter()
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect(),
-        secrets: kafka
-            .properties
-            .iter()
-            .filter(|(name, _)| KafkaSettings::is_secret(name))
-            .map(|(_, value)| value.clone())
-            .collect(),
+/// Starts every destination `settings` enables (ledgers of the same names carry over).
+fn start_destinations(
+    delivery: &mut Delivery,
+    settings: &Settings,
+    identity: &Identity,
+) -> Result<(), LoadError> {
+    let built = build_destinations(settings, identity)?;
+    for (destination, rules) in built {
+        let unconfirmed = delivery
+            .start_with_rules(destination, feeder_settings(settings), rules)
+            .map_err(LoadError::Delivery)?;
+        report_unconfirmed(unconfirmed, settings.flush_timeout);
     }
+    Ok(())
 }
 
-fn feeder_settings(settings: &Settings) -> FeederSettings {
-    FeederSettings {
-        batch_window: settings.linger,
-        flush_timeout: settings.flush_timeout,
+/// Builds every destination `settings` enables, with their stack.
+fn build_destinations(
+    settings: &Settings,
+    identity: &Identity,
+) -> Result<Vec<(Box<dyn Destination>, Rules)>, LoadError> {
+    let stack: Option<Arc<Stack>> = destinations::stack(settings);
+    let mut built = Vec::new();
+    for planned in destinations::planned(settings) {
+        built.push(destinations::build(
+            settings,
+            identity,
+            &planned.name,
+            stack.as_ref(),
+        )?);
     }
-}
-
-fn kafka_destination(settings: &Settings) -> Result<Box<KafkaDestination>, LoadError> {
-    KafkaDestination::new(GLOBAL_DESTINATION, producer_settings(&settings.kafka))
-        .map(Box::new)
-        .map_err(LoadError::Producer)
+    Ok(built)
 }
 
 /// Why the module could not load, or a reload was refused.
@@ -197,8 +204,8 @@ fn kafka_destination(settings: &Settings) -> Result<Box<KafkaDestination>, LoadE
 pub enum LoadError {
     /// cdr_kafka.conf (or the kafka.conf it names) is invalid.
     Config(ConfigError),
-    /// librdkafka refused the producer settings.
-    Producer(ProducerError),
+    /// A destination could not be built (its options, its producer, its target).
+    Build(BuildError),
     /// The spool folder cannot be used.
     Spool(LogError),
     /// A destination could not be started (its ledger, its thread).
@@ -209,17 +216,20 @@ impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Config(error) => write!(f, "{error}"),
-            Self::Producer(error) => write!(
-                f,
-                "{CONFIG_FILE} [global]: librdkafka refused the producer settings: {error}"
-            ),
+            Self::Build(error) => write!(f, "{error}"),
             Self::Spool(error) => write!(f, "spool: {error}"),
-            Self::Delivery(error) => write!(f, "destination '{GLOBAL_DESTINATION}': {error}"),
+            Self::Delivery(error) => write!(f, "{CONFIG_FILE}: a destination cannot start: {error}"),
         }
     }
 }
 
 impl std::error::Error for LoadError {}
+
+impl From<BuildError> for LoadError {
+    fn from(error: BuildError) -> Self {
+        Self::Build(error)
+    }
+}
 
 impl From<ConfigError> for LoadError {
     fn from(error: ConfigError) -> Self {
@@ -267,11 +277,8 @@ impl Running {
             );
         }
         let log = Arc::new(log);
-        let destination = kafka_destination(&settings)?;
         let mut delivery = Delivery::new(Arc::clone(&log));
-        delivery
-            .start(destination, feeder_settings(&settings))
-            .map_err(LoadError::Delivery)?;
+        start_destinations(&mut delivery, &settings, &identity)?;
         let waiting = delivery
             .statuses()
             .iter()
@@ -387,11 +394,19 @@ impl Running {
     /// Encodes one CDR and appends it to the spool; the feeder takes it from there.
     pub fn publish(&self, cdr: &Cdr<'_>) -> Result<(), AppendError> {
         Stats::add(&self.stats.received);
+        let routing = cdr.dialplan_routing();
+        if routing.skip {
+            Stats::add(&self.stats.skipped);
+            return Ok(());
+        }
         let record_id = self.record_ids.next();
         let key = self.settings.key.map(|field| field.key(cdr));
         let timestamp = unix_seconds_text();
         let mut headers = Headers::default();
         self.headers(record_id.as_str(), timestamp.as_str(), &mut headers);
+        if let Some(to) = routing.to {
+            headers.push(KAFKA_TO_HEADER, to);
+        }
         let record = NewRecord {
             kind: RecordKind::Cdr,
             record_id: record_id.as_str(),
@@ -480,6 +495,112 @@ impl Running {
         )
     }
 
+    /// Appends the module's own start or stop record (for destinations with
+    /// `records = control`); returns its sequence number.
+    pub fn publish_control(&self, what: &str) -> Result<u64, AppendError> {
+        let record_id = self.record_ids.next();
+        let counts = self.counts();
+        let identity = &self.identity;
+        let (depth, _) = self.log.depth();
+        let mut record = serde_json::Map::new();
+        let mut put = |name: &str, value: serde_json::Value| {
+            record.insert(name.to_string(), value);
+        };
+        put("type", what.into());
+        put("module_version", env!("CARGO_PKG_VERSION").into());
+        put("asterisk_version", identity.asterisk_version.clone().into());
+        put("entity_id", identity.entity_id.clone().into());
+        if !identity.system_name.is_empty() {
+            put("system_name", identity.system_name.clone().into());
+        }
+        put("hostname", identity.hostname.clone().into());
+        put(
+            "time",
+            crate::shaping::contract_time(crate::delivery::log::now_ms(), self.settings.usegmtime)
+                .into(),
+        );
+        put(
+            "config_digest",
+            format!("crc32:{:08x}", self.settings.digest).into(),
+        );
+        put(
+            "counters",
+            serde_json::json!({
+                "received": counts.received,
+                "spooled": counts.spooled,
+                "refused": counts.refused,
+                "delivered": counts.delivered,
+                "dead_lettered": counts.dead_lettered,
+                "skipped": Stats::get(&self.stats.skipped),
+            }),
+        );
+        put("spool_depth", depth.into());
+        // serde_json's map keeps keys sorted; the control record's order is the
+        // documented one, so it is written field by field.
+        let order = [
+            "type",
+            "module_version",
+            "asterisk_version",
+            "entity_id",
+            "system_name",
+            "hostname",
+            "time",
+            "config_digest",
+            "counters",
+            "spool_depth",
+        ];
+        let mut payload = Vec::with_capacity(512);
+        payload.push(b'{');
+        for name in order {
+            if let Some(value) = record.get(name) {
+                if payload.len() > 1 {
+                    payload.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut payload, name);
+                payload.push(b':');
+                let _ = serde_json::to_writer(&mut payload, value);
+            }
+        }
+        payload.push(b'}');
+        let timestamp = unix_seconds_text();
+        let mut headers = Headers::default();
+        self.headers(record_id.as_str(), timestamp.as_str(), &mut headers);
+        self.log.append(&NewRecord {
+            kind: RecordKind::Control,
+            record_id: record_id.as_str(),
+            topic: &self.settings.topic,
+            key: None,
+            headers: headers.as_slice(),
+            payload: &payload,
+        })
+    }
+
+    /// Waits up to `flush_timeout_ms` until every running destination that takes
+    /// control records has confirmed record `seq` (the stop record at unload).
+    fn wait_for_control_record(&self, seq: u64) {
+        let takers: Vec<String> = destinations::planned(&self.settings)
+            .into_iter()
+            .filter(|p| p.routing.records.control)
+            .map(|p| p.name)
+            .collect();
+        if takers.is_empty() {
+            return;
+        }
+        self.log.wake_feeders();
+        let deadline = std::time::Instant::now() + self.settings.flush_timeout;
+        while std::time::Instant::now() < deadline {
+            let statuses = lock(&self.delivery).statuses();
+            let done = statuses
+                .iter()
+                .filter(|s| takers.contains(&s.name))
+                .all(|s| DestinationStats::get(&s.stats.watermark) > seq);
+            if done {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The contract's headers, plus `record_id`.
     fn headers<'h>(&'h self, record_id: &'h str, timestamp: &'h str, out: &mut Headers<'h>) {
         let identity = &self.identity;
@@ -494,7 +615,8 @@ impl Running {
     }
 }
 
-/// The headers of one message, on the stack (at most 7: the CDR's six and CEL's `event`).
+/// The headers of one message, on the stack (at most 7: the CDR's six and CEL's
+/// `event` or the CDR's `kafka_to`).
 #[derive(Default)]
 struct Headers<'a> {
     entries: [(&'a str, &'a [u8]); 7],
@@ -542,6 +664,9 @@ pub fn load() -> Result<(), LoadError> {
         running.log.dir().display()
     );
     let cel_enabled = running.settings.cel.enabled;
+    if let Err(error) = running.publish_control("module_start") {
+        ast_log!(Warning, "the module_start record is lost: the spool refused it: {error}");
+    }
     if let Some(old) = replace(Some(Arc::new(running))) {
         retire(old);
     }
@@ -573,14 +698,23 @@ pub fn reload() -> Result<(), LoadError> {
         );
         settings.spool = old.settings.spool.clone();
     }
-    // Same producer and pacing: keep the destination, so nothing in flight is disturbed.
-    let same_destination = settings.kafka == old.settings.kafka
+    // Same destinations and pacing: keep them, so nothing in flight is disturbed.
+    let same_destinations = settings.kafka == old.settings.kafka
+        && settings.routing == old.settings.routing
+        && settings.destinations == old.settings.destinations
+        && settings.topic == old.settings.topic
         && feeder_settings(&settings) == feeder_settings(&old.settings);
-    let replacement = if same_destination {
+    let replacement = if same_destinations {
         None
     } else {
-        Some(kafka_destination(&settings)?)
+        // Built before anything stops: a destination that cannot be made refuses the
+        // reload and the running ones go on.
+        Some(build_destinations(&settings, &identity)?)
     };
+    let old_names: Vec<String> = destinations::planned(&old.settings)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     let running = Running::new(
         settings,
         identity,
@@ -590,13 +724,23 @@ pub fn reload() -> Result<(), LoadError> {
         Arc::clone(&old.record_ids),
     );
     drop(old);
-    if let Some(destination) = replacement {
-        // The old producer stops (bounded flush) before the new one reads the log, and
-        // the ledger passes from one to the other: no record twice, none lost.
-        let unconfirmed = lock(&running.delivery)
-            .start(destination, feeder_settings(&running.settings))
-            .map_err(LoadError::Delivery)?;
+    if let Some(built) = replacement {
+        // The old destinations stop (bounded flush) before the new ones read the log,
+        // and each ledger passes to the destination of the same name: no record twice,
+        // none lost. A destination no longer configured lets the log forget it.
+        let mut delivery = lock(&running.delivery);
+        let unconfirmed = delivery.shutdown();
         report_unconfirmed(unconfirmed, running.settings.flush_timeout);
+        for name in &old_names {
+            if !built.iter().any(|(d, _)| d.name() == name) {
+                delivery.forget(name);
+            }
+        }
+        for (destination, rules) in built {
+            delivery
+                .start_with_rules(destination, feeder_settings(&running.settings), rules)
+                .map_err(LoadError::Delivery)?;
+        }
     }
     ast_log!(
         Notice,
@@ -618,6 +762,14 @@ pub fn reload() -> Result<(), LoadError> {
 /// Stops the destinations after the glue unregistered the backend; the log keeps what
 /// was not confirmed.
 pub fn unload() {
+    if let Some(running) = current() {
+        match running.publish_control("module_stop") {
+            Ok(seq) => running.wait_for_control_record(seq),
+            Err(error) => {
+                ast_log!(Warning, "the module_stop record is lost: the spool refused it: {error}")
+            }
+        }
+    }
     if let Some(old) = replace(None) {
         retire(old);
     }

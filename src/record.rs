@@ -138,6 +138,41 @@ impl KeyField {
     }
 }
 
+/// `Set(CDR(kafka_skip)=yes)`: this CDR goes nowhere.
+pub const KAFKA_SKIP_VARIABLE: &str = "kafka_skip";
+/// `Set(CDR(kafka_to)=archive,missed)`: this CDR goes only to these destinations.
+pub const KAFKA_TO_VARIABLE: &str = "kafka_to";
+
+/// The dialplan's routing variables: read by the module, never part of the record.
+fn is_routing_variable(name: &str) -> bool {
+    name == KAFKA_SKIP_VARIABLE || name == KAFKA_TO_VARIABLE
+}
+
+/// What the dialplan asked of one CDR through its routing variables.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DialplanRouting<'a> {
+    /// `CDR(kafka_skip)` is a true word (yes, true, on, 1...).
+    pub skip: bool,
+    /// `CDR(kafka_to)`, when set and not empty.
+    pub to: Option<&'a [u8]>,
+}
+
+impl<'a> Cdr<'a> {
+    /// Reads `CDR(kafka_skip)` and `CDR(kafka_to)` (the last value of each).
+    pub fn dialplan_routing(&self) -> DialplanRouting<'a> {
+        let mut routing = DialplanRouting::default();
+        for (name, value) in &self.variables {
+            if *name == KAFKA_SKIP_VARIABLE.as_bytes() {
+                let word = String::from_utf8_lossy(value).trim().to_ascii_lowercase();
+                routing.skip = matches!(word.as_str(), "yes" | "true" | "y" | "t" | "1" | "on");
+            } else if *name == KAFKA_TO_VARIABLE.as_bytes() {
+                routing.to = (!value.iter().all(u8::is_ascii_whitespace)).then_some(*value);
+            }
+        }
+        routing
+    }
+}
+
 /// Names a CDR variable can never take in the JSON object: the contract's own fields.
 pub const CONTRACT_FIELDS: [&str; 25] = [
     "clid",
@@ -413,6 +448,9 @@ impl Record<'_, '_> {
                     .iter()
                     .any(|(earlier, _)| String::from_utf8_lossy(earlier) == name)
             };
+            if is_routing_variable(&name) {
+                continue;
+            }
             if duplicate || is_contract_field(&name) {
                 self.report
                     .borrow_mut()
@@ -430,6 +468,32 @@ impl Record<'_, '_> {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn routing_variables_steer_the_cdr_and_never_appear_in_it() {
+        let cdr = Cdr {
+            variables: vec![
+                (b"kafka_to", b"archive,missed"),
+                (b"direction", b"in"),
+                (b"kafka_skip", b"Yes"),
+            ],
+            ..Cdr::default()
+        };
+        let routing = cdr.dialplan_routing();
+        assert!(routing.skip);
+        assert_eq!(routing.to, Some(&b"archive,missed"[..]));
+        let mut out = Vec::new();
+        let report = encode(&cdr, &options(), &mut out);
+        let json: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["direction"], "in");
+        assert!(json.get("kafka_to").is_none() && json.get("kafka_skip").is_none());
+        assert!(report.skipped_variables.is_empty());
+        let plain = Cdr {
+            variables: vec![(b"kafka_skip", b"no"), (b"kafka_to", b" ")],
+            ..Cdr::default()
+        };
+        assert_eq!(plain.dialplan_routing(), DialplanRouting::default());
+    }
 
     const MINUS_THREE_HOURS: i32 = -3 * 3600;
 

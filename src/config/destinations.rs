@@ -13,7 +13,7 @@ use crate::routing::template::Template;
 use crate::routing::{Missed, RecordKinds};
 
 /// The fields of the module's own start/stop records.
-pub const CONTROL_FIELDS: [&str; 11] = [
+pub const CONTROL_FIELDS: [&str; 10] = [
     "type",
     "module_version",
     "asterisk_version",
@@ -24,7 +24,6 @@ pub const CONTROL_FIELDS: [&str; 11] = [
     "config_digest",
     "counters",
     "spool_depth",
-    "record_id",
 ];
 
 /// Names a destination section cannot take: the sections the module owns, and names

@@ -159,6 +159,18 @@ impl Delivery {
         }
     }
 
+    /// Stops a destination for good: the log no longer keeps records for it.
+    pub fn forget(&mut self, name: &str) {
+        self.stop(name);
+        self.parked.retain(|ledger| ledger.name() != name);
+        self.log.unregister(name);
+    }
+
+    /// Whether a destination's feeder runs.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.running.iter().any(|r| r.name == name)
+    }
+
     /// Stops every feeder; returns the records left unconfirmed.
     pub fn shutdown(&mut self) -> u64 {
         let names: Vec<String> = self.running.iter().map(|r| r.name.clone()).collect();

@@ -13,6 +13,8 @@ pub struct Stats {
     pub received: AtomicU64,
     /// CDRs appended to the spool.
     pub spooled: AtomicU64,
+    /// CDRs the dialplan sent nowhere (`CDR(kafka_skip)`).
+    pub skipped: AtomicU64,
     /// CDRs the spool refused (full, or the disk failed): lost, and counted here.
     pub failed: AtomicU64,
     /// CEL events Asterisk handed over (after the `events` filter).
