@@ -702,7 +702,6 @@ pub fn reload() -> Result<(), LoadError> {
     let same_destinations = settings.kafka == old.settings.kafka
         && settings.routing == old.settings.routing
         && settings.destinations == old.settings.destinations
-        && settings.topic == old.settings.topic
         && feeder_settings(&settings) == feeder_settings(&old.settings);
     let replacement = if same_destinations {
         None

@@ -69,6 +69,8 @@ pub struct Delivery {
     running: Vec<Running>,
     /// Ledgers of stopped destinations, kept for the next one of the same name.
     parked: Vec<Ledger>,
+    /// Each destination's counters, kept across stops so a reload does not reset them.
+    stats: Vec<(String, Arc<DestinationStats>)>,
 }
 
 impl Delivery {
@@ -79,6 +81,7 @@ impl Delivery {
             dead_letters,
             running: Vec::new(),
             parked: Vec::new(),
+            stats: Vec::new(),
         }
     }
 
@@ -115,7 +118,14 @@ impl Delivery {
             Some(index) => self.parked.swap_remove(index),
             None => self.log.register(&name).map_err(DeliveryError::Ledger)?,
         };
-        let stats = Arc::new(DestinationStats::default());
+        let stats = match self.stats.iter().find(|(n, _)| *n == name) {
+            Some((_, stats)) => Arc::clone(stats),
+            None => {
+                let stats = Arc::new(DestinationStats::default());
+                self.stats.push((name.clone(), Arc::clone(&stats)));
+                stats
+            }
+        };
         let feeder = Feeder::new(
             Arc::clone(&self.log),
             ledger,
@@ -163,6 +173,7 @@ impl Delivery {
     pub fn forget(&mut self, name: &str) {
         self.stop(name);
         self.parked.retain(|ledger| ledger.name() != name);
+        self.stats.retain(|(other, _)| other != name);
         self.log.unregister(name);
     }
 
