@@ -14,6 +14,7 @@ pub mod feeder;
 pub mod kafka;
 pub mod log;
 pub mod stats;
+pub mod syslog;
 #[cfg(test)]
 mod tests;
 
