@@ -279,7 +279,8 @@ fn daemon_appearing_late_gets_each_spooled_record_once_through_the_feeder() {
     }
     delivery.shutdown();
     read_all(&mut seen);
-    let expected: HashMap<String, usize> = (0..200).map(|n| (format!("{{\"n\":{n}}}"), 1)).collect();
+    let expected: HashMap<String, usize> =
+        (0..200).map(|n| (format!("{{\"n\":{n}}}"), 1)).collect();
     assert_eq!(seen, expected);
 }
 
