@@ -11,10 +11,12 @@
 pub mod dead_letter;
 pub mod destination;
 pub mod feeder;
+pub mod http;
 pub mod kafka;
 pub mod log;
 pub mod stack;
 pub mod stats;
+pub mod syslog;
 #[cfg(test)]
 mod tests;
 
