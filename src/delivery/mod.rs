@@ -11,6 +11,7 @@
 pub mod dead_letter;
 pub mod destination;
 pub mod feeder;
+pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod log;
