@@ -173,11 +173,92 @@ fn open(
             &section.name,
             section.kafka.as_ref().unwrap_or(&settings.kafka),
         ),
-        other => Err(BuildError::Open {
-            name: section.name.clone(),
-            error: format!("type = {} is not built yet", other.name()),
-        }),
+        DestinationType::Syslog => syslog(section),
+        DestinationType::Http => http(section),
+        DestinationType::File => file(settings, section),
     }
+}
+
+fn opened<D: Destination + 'static, E: std::fmt::Display>(
+    name: &str,
+    result: Result<D, E>,
+) -> Result<Box<dyn Destination>, BuildError> {
+    result
+        .map(|destination| Box::new(destination) as Box<dyn Destination>)
+        .map_err(|error| BuildError::Open {
+            name: name.to_string(),
+            error: error.to_string(),
+        })
+}
+
+/// A type option's value through its parser; the parser's words in the error.
+fn parsed<T>(
+    section: &DestinationSettings,
+    name: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, BuildError> {
+    section
+        .option(name)
+        .map(|entry| parse(entry.value.trim()).map_err(|expected| bad_option(entry, &expected)))
+        .transpose()
+}
+
+fn number(section: &DestinationSettings, name: &str, min: u64, max: u64) -> Result<Option<u64>, BuildError> {
+    parsed(section, name, |text| {
+        text.parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| format!("not a whole number from {min} to {max}"))
+    })
+}
+
+fn syslog(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
+    use crate::delivery::syslog::{Facility, Level, SyslogDestination, SyslogSettings};
+    let mut settings = SyslogSettings::new(&section.name);
+    if let Some(socket) = parsed(section, "socket", |text| {
+        if text.starts_with('/') {
+            Ok(std::path::PathBuf::from(text))
+        } else {
+            Err("not an absolute path".to_string())
+        }
+    })? {
+        settings.socket = socket;
+    }
+    if let Some(facility) = parsed(section, "facility", Facility::parse)? {
+        settings.facility = facility;
+    }
+    if let Some(level) = parsed(section, "level", Level::parse)? {
+        settings.level = level;
+    }
+    if let Some(tag) = parsed(section, "tag", |text| Ok(text.to_string()))? {
+        settings.tag = tag;
+    }
+    opened(&section.name, SyslogDestination::new(settings))
+}
+
+fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
+    use crate::delivery::http::{HttpDestination, HttpSettings, Method};
+    let url = section.option("url").map(|e| e.value.trim()).unwrap_or_default();
+    let mut settings = HttpSettings::new(&section.name, url);
+    if let Some(method) = parsed(section, "method", Method::parse)? {
+        settings.method = method;
+    }
+    for entry in section.options.iter().filter(|e| e.name == "header") {
+        let (name, value) = entry
+            .value
+            .split_once(':')
+            .ok_or_else(|| bad_option(entry, "not Name: value"))?;
+        settings
+            .headers
+            .push((name.trim().to_string(), value.trim().to_string()));
+    }
+    if let Some(ms) = number(section, "timeout_ms", 1, 3_600_000)? {
+        settings.timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(batch) = number(section, "batch_max", 1, 100_000)? {
+        settings.batch_max = batch as usize;
+    }
+    opened(&section.name, HttpDestination::new(settings))
 }
 
 /// A type option's value refused: the file's words, with section and line.
@@ -190,4 +271,49 @@ pub fn bad_option(entry: &Entry, expected: &str) -> BuildError {
         line: entry.line,
         expected: expected.to_string(),
     })
+}
+
+fn file(settings: &Settings, section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
+    use crate::config::SyncPolicy;
+    use crate::delivery::file::{FileDestination, FileSettings, FileSync, Rotation, SystemClock};
+    let path_entry = section.option("path");
+    let path = parsed(section, "path", |text| {
+        if text.starts_with('/') {
+            Ok(std::path::PathBuf::from(text))
+        } else {
+            Err("not an absolute path".to_string())
+        }
+    })?
+    .unwrap_or_default();
+    let value = |name: &str| section.option(name).map(|e| e.value.trim());
+    let rotation = Rotation::parse(
+        value("rotate").unwrap_or("never"),
+        value("rotate_time"),
+        value("rotate_day"),
+    )
+    .map_err(|error| {
+        let entry = section.option(error.option).or(path_entry);
+        match entry {
+            Some(entry) => bad_option(entry, &error.problem),
+            None => BuildError::Open {
+                name: section.name.clone(),
+                error: error.to_string(),
+            },
+        }
+    })?;
+    let sync = match settings.spool.sync {
+        SyncPolicy::Always => FileSync::Always,
+        SyncPolicy::Interval => FileSync::Interval(settings.spool.sync_interval),
+        SyncPolicy::Never => FileSync::Never,
+    };
+    opened(
+        &section.name,
+        FileDestination::new(FileSettings {
+            name: section.name.clone(),
+            path,
+            rotation,
+            sync,
+            clock: std::sync::Arc::new(SystemClock),
+        }),
+    )
 }

@@ -171,7 +171,8 @@ fn start_destinations(
     settings: &Settings,
     identity: &Identity,
 ) -> Result<(), LoadError> {
-    let built = build_destinations(settings, identity)?;
+    let (stack, built) = build_destinations(settings, identity)?;
+    delivery.stack = stack;
     for (destination, rules) in built {
         let unconfirmed = delivery
             .start_with_rules(destination, feeder_settings(settings), rules)
@@ -182,10 +183,7 @@ fn start_destinations(
 }
 
 /// Builds every destination `settings` enables, with their stack.
-fn build_destinations(
-    settings: &Settings,
-    identity: &Identity,
-) -> Result<Vec<(Box<dyn Destination>, Rules)>, LoadError> {
+fn build_destinations(settings: &Settings, identity: &Identity) -> Result<Built, LoadError> {
     let stack: Option<Arc<Stack>> = destinations::stack(settings);
     let mut built = Vec::new();
     for planned in destinations::planned(settings) {
@@ -196,8 +194,10 @@ fn build_destinations(
             stack.as_ref(),
         )?);
     }
-    Ok(built)
+    Ok((stack, built))
 }
+
+type Built = (Option<Arc<Stack>>, Vec<(Box<dyn Destination>, Rules)>);
 
 /// Why the module could not load, or a reload was refused.
 #[derive(Debug)]
@@ -723,7 +723,7 @@ pub fn reload() -> Result<(), LoadError> {
         Arc::clone(&old.record_ids),
     );
     drop(old);
-    if let Some(built) = replacement {
+    if let Some((stack, built)) = replacement {
         // The old destinations stop (bounded flush) before the new ones read the log,
         // and each ledger passes to the destination of the same name: no record twice,
         // none lost. A destination no longer configured lets the log forget it.
@@ -735,6 +735,7 @@ pub fn reload() -> Result<(), LoadError> {
                 delivery.forget(name);
             }
         }
+        delivery.stack = stack;
         for (destination, rules) in built {
             delivery
                 .start_with_rules(destination, feeder_settings(&running.settings), rules)
@@ -1000,4 +1001,104 @@ fn format_system_time(time: SystemTime) -> String {
         },
         true,
     )
+}
+
+/// The names of the destinations the configuration enables (CLI completion).
+pub fn destination_names() -> Vec<String> {
+    current()
+        .map(|running| {
+            destinations::planned(&running.settings)
+                .into_iter()
+                .map(|p| p.name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The text of `cdr kafka show destinations`: one line per destination.
+pub fn destinations_text() -> String {
+    let Some(running) = current() else {
+        return "cdr_kafka is not running\n".to_string();
+    };
+    let delivery = lock(&running.delivery);
+    let statuses = delivery.statuses();
+    let mut text = format!(
+        "{:<16} {:<7} {:<9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8}  {}\n",
+        "Destination", "Type", "State", "Matched", "Delivered", "Failed", "Filtered", "Skipped",
+        "Waiting", "Target"
+    );
+    for planned in destinations::planned(&running.settings) {
+        let status = statuses.iter().find(|s| s.name == planned.name);
+        let stats = delivery.stats_of(&planned.name);
+        let get = |pick: fn(&DestinationStats) -> &AtomicU64| {
+            stats.as_ref().map_or(0, |s| DestinationStats::get(pick(s)))
+        };
+        let (state, waiting) = match status {
+            Some(status) => ("running", status.waiting),
+            None => ("disabled", delivery.waiting_for(&planned.name)),
+        };
+        let target = stats
+            .as_ref()
+            .and_then(|s| s.describe.lock().ok().map(|line| line.clone()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            text,
+            "{:<16} {:<7} {:<9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8}  {}",
+            planned.name,
+            planned.kind.name(),
+            state,
+            get(|s| &s.matched),
+            get(|s| &s.delivered),
+            get(|s| &s.failed),
+            get(|s| &s.filtered),
+            get(|s| &s.skipped),
+            waiting,
+            target
+        );
+    }
+    let skipped = Stats::get(&running.stats.skipped);
+    let _ = writeln!(text, "CDRs the dialplan sent nowhere (kafka_skip): {skipped}");
+    text
+}
+
+/// `cdr kafka destination enable|disable NAME`: stops or starts one destination's
+/// feeder without a reload. A disabled destination keeps its place in the log, so what
+/// arrives meanwhile is delivered when it is enabled again. Runs on a short-lived
+/// thread the glue starts (it starts and joins feeder threads).
+pub fn set_destination_enabled(name: &str, enabled: bool) -> Result<String, String> {
+    let running = current().ok_or("cdr_kafka is not running")?;
+    let known = destinations::planned(&running.settings)
+        .iter()
+        .any(|p| p.name == name);
+    if !known {
+        return Err(format!(
+            "no destination '{name}' is configured (see 'cdr kafka show destinations')"
+        ));
+    }
+    let mut delivery = lock(&running.delivery);
+    match (enabled, delivery.is_running(name)) {
+        (true, true) => Ok(format!("destination '{name}' is already enabled")),
+        (false, false) => Ok(format!("destination '{name}' is already disabled")),
+        (false, true) => {
+            let unconfirmed = delivery.stop(name).unwrap_or(0);
+            let waiting = delivery.waiting_for(name);
+            ast_log!(Notice, "destination '{name}' disabled from the CLI");
+            Ok(format!(
+                "destination '{name}' disabled: {waiting} record(s) wait for it in the spool ({unconfirmed} were in flight)"
+            ))
+        }
+        (true, false) => {
+            let stack = delivery.stack.clone();
+            let (destination, rules) =
+                destinations::build(&running.settings, &running.identity, name, stack.as_ref())
+                    .map_err(|error| error.to_string())?;
+            delivery
+                .start_with_rules(destination, feeder_settings(&running.settings), rules)
+                .map_err(|error| error.to_string())?;
+            ast_log!(Notice, "destination '{name}' enabled from the CLI");
+            Ok(format!(
+                "destination '{name}' enabled: it goes on from where it stopped"
+            ))
+        }
+    }
 }

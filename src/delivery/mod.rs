@@ -74,6 +74,8 @@ pub struct Delivery {
     parked: Vec<Ledger>,
     /// Each destination's counters, kept across stops so a reload does not reset them.
     stats: Vec<(String, Arc<DestinationStats>)>,
+    /// The control-flag stack the running destinations share, when flags couple them.
+    pub stack: Option<Arc<stack::Stack>>,
 }
 
 impl Delivery {
@@ -85,6 +87,7 @@ impl Delivery {
             running: Vec::new(),
             parked: Vec::new(),
             stats: Vec::new(),
+            stack: None,
         }
     }
 
@@ -178,6 +181,26 @@ impl Delivery {
         self.parked.retain(|ledger| ledger.name() != name);
         self.stats.retain(|(other, _)| other != name);
         self.log.unregister(name);
+    }
+
+    /// A destination's counters (running or stopped).
+    pub fn stats_of(&self, name: &str) -> Option<Arc<DestinationStats>> {
+        self.stats
+            .iter()
+            .find(|(other, _)| other == name)
+            .map(|(_, stats)| Arc::clone(stats))
+    }
+
+    /// Records in the log a destination has not confirmed (running or stopped).
+    pub fn waiting_for(&self, name: &str) -> u64 {
+        let watermark = match self.parked.iter().find(|l| l.name() == name) {
+            Some(ledger) => ledger.state().watermark,
+            None => match self.stats_of(name) {
+                Some(stats) => DestinationStats::get(&stats.watermark),
+                None => return 0,
+            },
+        };
+        self.log.count_from(watermark)
     }
 
     /// Whether a destination's feeder runs.
