@@ -8,6 +8,8 @@
 //! CDR_KAFKA_MODULE (the built cdr_kafka .so), CDR_KAFKA_TANSU (the tansu binary).
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

@@ -1,0 +1,530 @@
+//! Destinations, routing and formats end to end: Asterisk 22 (the root `make sandbox`
+//! builds) with the module, a tansu broker, and the file, syslog and HTTP destinations
+//! read back by the tests (files in the root, a datagram socket and an HTTP server of
+//! the test's own on 127.0.0.1).
+//!
+//! One Asterisk runs at a time (they share the root), so the tests take a lock.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, sleep};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{schema, Asterisk, Message, Root, Tansu};
+
+const TZ: &str = "America/Sao_Paulo";
+const WAIT: Duration = Duration::from_secs(40);
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    support::one_asterisk()
+}
+
+/// Calls of the tests' own: each `exten` runs on the Local channel's second half, the
+/// first half runs Wait(1); `tag` names the CDR a test looks for.
+const ROUTING_DIALPLAN: &str = r#"
+[cdrk-routing]
+exten => acme,1,Set(CHANNEL(accountcode)=acme)
+ same => n,Set(CDR(tag)=acme-answered)
+ same => n,Answer()
+ same => n,Hangup()
+exten => acmebusy,1,Set(CHANNEL(accountcode)=acme)
+ same => n,Set(CDR(tag)=acme-missed)
+ same => n,Busy(1)
+exten => nobody,1,Set(CDR(tag)=nobody-missed)
+ same => n,Busy(1)
+exten => internal,1,Set(CDR(tag)=internal-answered)
+ same => n,Answer()
+ same => n,Hangup()
+exten => skip,1,Set(CDR(tag)=skipped)
+ same => n,Set(CDR(kafka_skip)=yes)
+ same => n,Answer()
+ same => n,Hangup()
+exten => archiveonly,1,Set(CDR(tag)=archive-only)
+ same => n,Set(CDR(kafka_to)=archive)
+ same => n,Answer()
+ same => n,Hangup()
+exten => plain,1,Set(CDR(tag)=plain)
+ same => n,Answer()
+ same => n,Hangup()
+"#;
+
+fn call(asterisk: &Asterisk<'_>, exten: &str) {
+    asterisk.rx(&format!(
+        "channel originate Local/{exten}@cdrk-routing application Wait 1"
+    ));
+}
+
+fn start<'r>(root: &'r Root, conf: &str) -> Asterisk<'r> {
+    let asterisk = Asterisk::start(root, conf, TZ);
+    asterisk.add_dialplan(ROUTING_DIALPLAN);
+    asterisk.load_module();
+    asterisk
+}
+
+/// One line of `cdr kafka show destinations`.
+#[derive(Debug, Clone, Default)]
+struct Row {
+    kind: String,
+    state: String,
+    matched: u64,
+    delivered: u64,
+    failed: u64,
+    filtered: u64,
+    skipped: u64,
+    waiting: u64,
+}
+
+fn destinations(asterisk: &Asterisk<'_>) -> HashMap<String, Row> {
+    let text = asterisk.rx("cdr kafka show destinations");
+    let mut rows = HashMap::new();
+    for line in text.lines().skip(1) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() < 9 || words[3].parse::<u64>().is_err() {
+            continue;
+        }
+        let n = |i: usize| words[i].parse::<u64>().unwrap_or(0);
+        rows.insert(
+            words[0].to_string(),
+            Row {
+                kind: words[1].to_string(),
+                state: words[2].to_string(),
+                matched: n(3),
+                delivered: n(4),
+                failed: n(5),
+                filtered: n(6),
+                skipped: n(7),
+                waiting: n(8),
+            },
+        );
+    }
+    rows
+}
+
+/// Waits until every running destination has nothing waiting and nothing in flight.
+fn wait_until_settled(asterisk: &Asterisk<'_>) -> HashMap<String, Row> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = destinations(asterisk);
+        let settled = !rows.is_empty()
+            && rows.values().all(|row| {
+                row.state != "running" || (row.waiting == 0 && row.matched == row.delivered + row.failed)
+            });
+        if settled {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "destinations did not settle:\n{}",
+            asterisk.rx("cdr kafka show destinations")
+        );
+        sleep(Duration::from_millis(200));
+    }
+}
+
+fn record_id(message: &Message) -> String {
+    message.header("record_id").expect("record_id header").to_string()
+}
+
+fn tag(record: &Value) -> Option<&str> {
+    record.get("tag").and_then(Value::as_str)
+}
+
+/// A folder inside the root (what the module, chrooted, sees as `/name`), emptied.
+fn root_dir(root: &Root, inside: &str) -> PathBuf {
+    let dir = root.path.join(inside.trim_start_matches('/'));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create a folder in the root");
+    dir
+}
+
+/// Every line of every file in `dir` (rotated ones included), by file name.
+fn file_lines(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut files = BTreeMap::new();
+    for entry in fs::read_dir(dir).expect("read the destination's folder") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let text = fs::read_to_string(entry.path()).expect("read a destination file");
+        files.insert(name, text.lines().map(str::to_string).collect());
+    }
+    files
+}
+
+#[test]
+fn routing_by_accountcode_and_missed_calls_to_templated_topics_with_filters() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    for topic in ["all", "cdr.missed.acme", "cdr.missed.unknown", "external"] {
+        tansu.create_topic(topic);
+    }
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\n\n\
+         [missed]\ntype = kafka\ntopic = cdr.missed.${{accountcode}}\ntopic_fallback = cdr.missed.unknown\nmissed = only\n\n\
+         [external]\ntype = kafka\ntopic = external\nmissed = exclude\nfilter = CDR(tag) !~ ^internal\nfilter = lastapp in Hangup,Wait,Busy,Answer\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    for exten in ["acme", "acmebusy", "nobody", "internal"] {
+        call(&asterisk, exten);
+    }
+    asterisk.wait_for_no_channels(WAIT);
+    let rows = wait_until_settled(&asterisk);
+
+    let all = root.read_topic(&tansu.brokers(), "all");
+    let records: Vec<Value> = all.iter().map(Message::json).collect();
+    assert!(records.len() >= 8, "every CDR on [global]'s topic: {}", records.len());
+    let tagged = |name: &str| records.iter().filter(|r| tag(r) == Some(name)).count();
+    for name in ["acme-answered", "acme-missed", "nobody-missed", "internal-answered"] {
+        assert_eq!(tagged(name), 1, "one CDR tagged {name} on 'all'");
+    }
+
+    // Missed calls (never answered) to cdr.missed.<accountcode>, or the fallback.
+    let acme = root.read_topic(&tansu.brokers(), "cdr.missed.acme");
+    let unknown = root.read_topic(&tansu.brokers(), "cdr.missed.unknown");
+    for message in acme.iter().chain(&unknown) {
+        assert!(message.json()["answer"].is_null(), "only missed calls: {}", message.payload);
+    }
+    assert!(acme.iter().all(|m| m.json()["accountcode"] == "acme"));
+    assert!(unknown.iter().all(|m| m.json()["accountcode"] == ""));
+    assert!(acme.iter().any(|m| tag(&m.json()) == Some("acme-missed")));
+    assert!(unknown.iter().any(|m| tag(&m.json()) == Some("nobody-missed")));
+    let missed_ids: HashSet<String> = acme.iter().chain(&unknown).map(record_id).collect();
+    let expected_missed: HashSet<String> = all
+        .iter()
+        .filter(|m| m.json()["answer"].is_null())
+        .map(record_id)
+        .collect();
+    assert_eq!(missed_ids, expected_missed, "every missed call, once, nothing else");
+    assert_eq!(rows["missed"].matched as usize, missed_ids.len());
+    assert_eq!(rows["missed"].filtered as usize, records.len() - missed_ids.len());
+
+    // Filters: all must hold.
+    let external: Vec<Value> = root
+        .read_topic(&tansu.brokers(), "external")
+        .iter()
+        .map(Message::json)
+        .collect();
+    let expected: Vec<&Value> = records
+        .iter()
+        .filter(|r| !r["answer"].is_null())
+        .filter(|r| !tag(r).is_some_and(|t| t.starts_with("internal")))
+        .filter(|r| ["Hangup", "Wait", "Busy", "Answer"].contains(&r["lastapp"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(external.len(), expected.len(), "external: {external:?}");
+    assert!(external.iter().all(|r| tag(r) != Some("internal-answered")));
+    assert!(external.iter().any(|r| tag(r) == Some("acme-answered")));
+    assert_eq!(rows["external"].kind, "kafka");
+}
+
+#[test]
+fn dialplan_skip_and_kafka_to_steer_single_cdrs_and_never_appear_in_them() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    let dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-to");
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\n\n[archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-to/cdr.jsonl\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    for exten in ["skip", "archiveonly", "plain"] {
+        call(&asterisk, exten);
+    }
+    asterisk.wait_for_no_channels(WAIT);
+    let rows = wait_until_settled(&asterisk);
+
+    let kafka: Vec<Value> = root
+        .read_topic(&tansu.brokers(), "all")
+        .iter()
+        .map(Message::json)
+        .collect();
+    let files = file_lines(&dir);
+    let file: Vec<Value> = files
+        .values()
+        .flatten()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let count = |records: &[Value], name: &str| records.iter().filter(|r| tag(r) == Some(name)).count();
+    assert_eq!(count(&kafka, "skipped") + count(&file, "skipped"), 0, "kafka_skip: nowhere");
+    assert_eq!(count(&kafka, "archive-only"), 0, "kafka_to = archive: not on Kafka");
+    assert_eq!(count(&file, "archive-only"), 1, "kafka_to = archive: in the file");
+    assert_eq!((count(&kafka, "plain"), count(&file, "plain")), (1, 1));
+    for record in kafka.iter().chain(&file) {
+        assert!(record.get("kafka_to").is_none() && record.get("kafka_skip").is_none());
+    }
+    assert_eq!(rows["global"].skipped, 1, "the kafka_to CDR counted as skipped by global");
+    let status = asterisk.rx("cdr kafka show destinations");
+    assert!(status.contains("sent nowhere (kafka_skip): 1"), "{status}");
+}
+
+#[test]
+fn file_destination_rotates_by_lines_in_envelopes_that_match_the_schema() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    let dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-file");
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\nloguniqueid = yes\n\n\
+         [archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-file/cdr.jsonl\nrotate = L3\nformat = envelope\nnormalize = snake_case\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    for exten in ["acme", "acmebusy", "nobody", "plain"] {
+        call(&asterisk, exten);
+    }
+    asterisk.wait_for_no_channels(WAIT);
+    wait_until_settled(&asterisk);
+
+    let kafka = root.read_topic(&tansu.brokers(), "all");
+    let files = file_lines(&dir);
+    assert!(files.len() >= 3, "rotated every 3 lines: {:?}", files.keys());
+    for (name, lines) in &files {
+        assert!(lines.len() <= 3, "{name} has {} lines", lines.len());
+        if name != "cdr.jsonl" {
+            assert!(name.starts_with("cdr.jsonl.") && name.len() >= "cdr.jsonl.YYYYMMDD-HHMMSS".len(), "{name}");
+        }
+    }
+    let mut file_ids = Vec::new();
+    for line in files.values().flatten() {
+        let envelope: Value = serde_json::from_str(line).expect("one JSON envelope a line");
+        schema::validate("envelope.json", &envelope).unwrap_or_else(|e| panic!("{e}\n{line}"));
+        schema::validate("cdr.snake_case.json", &envelope["record"])
+            .unwrap_or_else(|e| panic!("{e}\n{line}"));
+        assert_eq!(envelope["type"], "cdr");
+        assert!(envelope["record"].get("entity_id").is_some(), "snake_case keys");
+        file_ids.push(envelope["record_id"].as_str().expect("record_id").to_string());
+    }
+    let mut kafka_ids: Vec<String> = kafka.iter().map(record_id).collect();
+    file_ids.sort();
+    kafka_ids.sort();
+    assert_eq!(file_ids, kafka_ids, "the same records in the files as on Kafka, once each");
+    // Kafka's records are the contract, byte for byte what the schema says.
+    for message in &kafka {
+        schema::validate("cdr.json", &message.json()).unwrap_or_else(|e| panic!("{e}\n{}", message.payload));
+    }
+}
+
+#[test]
+fn kafka_down_then_the_file_takes_exactly_what_kafka_gave_up() {
+    let _one = lock();
+    let root = Root::from_env();
+    let mut tansu = Tansu::start();
+    tansu.create_topic("all");
+    let dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-failover");
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\ncontrol = alternative\ngive_up_after_ms = 3000\n\n\
+         [archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-failover/cdr.jsonl\ncontrol = sufficient\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    call(&asterisk, "acme");
+    call(&asterisk, "plain");
+    asterisk.wait_for_no_channels(WAIT);
+    wait_until_settled(&asterisk);
+    let on_kafka: Vec<String> = root.read_topic(&tansu.brokers(), "all").iter().map(record_id).collect();
+    assert!(on_kafka.len() >= 4, "Kafka up: it takes the records");
+    assert!(file_lines(&dir).values().flatten().next().is_none(), "Kafka took them: the file has none");
+
+    tansu.kill();
+    call(&asterisk, "acmebusy");
+    call(&asterisk, "nobody");
+    asterisk.wait_for_no_channels(WAIT);
+    let rows = wait_until_settled(&asterisk);
+    let in_file: Vec<Value> = file_lines(&dir)
+        .values()
+        .flatten()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    let tags: HashSet<&str> = in_file.iter().filter_map(tag).collect();
+    assert!(tags.contains("acme-missed") && tags.contains("nobody-missed"), "{tags:?}");
+    assert!(!tags.contains("acme-answered") && !tags.contains("plain"), "{tags:?}");
+    assert_eq!(rows["global"].failed as usize, in_file.len(), "each record Kafka gave up is in the file");
+    assert_eq!(rows["archive"].delivered as usize, in_file.len());
+    assert_eq!(rows["archive"].skipped as usize, on_kafka.len(), "what Kafka took never went to the file");
+    let dead_letters = root.spool().join("dead-letter.jsonl");
+    assert!(!dead_letters.exists() || fs::read_to_string(&dead_letters).unwrap().is_empty(), "no final failure");
+}
+
+#[test]
+fn syslog_gets_acc_lines_and_the_module_start_and_stop_records() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    let socket_dir = root_dir(&root, "tmp/cdrk-e2e-syslog");
+    let socket = UnixDatagram::bind(socket_dir.join("log")).expect("bind a syslog socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\n\n\
+         [acc]\ntype = syslog\nsocket = /tmp/cdrk-e2e-syslog/log\nrecords = cdr, control\nformat = kv\nfacility = local3\nlevel = notice\ntag = pbx\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    call(&asterisk, "acme");
+    call(&asterisk, "nobody");
+    asterisk.wait_for_no_channels(WAIT);
+    wait_until_settled(&asterisk);
+    let out = asterisk.rx("module unload cdr_kafka.so");
+    assert!(out.contains("Unloaded"), "{out}");
+
+    let mut lines = Vec::new();
+    let mut buffer = vec![0u8; 65536];
+    while let Ok(n) = socket.recv(&mut buffer) {
+        lines.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    // local3 (19) * 8 + notice (5)
+    assert!(lines.iter().all(|l| l.starts_with("<157>")), "{lines:#?}");
+    let bodies: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_once(": ").map_or("", |(_, body)| body))
+        .collect();
+    assert!(bodies.first().is_some_and(|b| b.starts_with("type=module_start;")), "{bodies:#?}");
+    assert!(bodies.last().is_some_and(|b| b.starts_with("type=module_stop;")), "{bodies:#?}");
+    let answered = bodies
+        .iter()
+        .find(|b| b.contains("tag=acme-answered"))
+        .expect("the answered call");
+    assert!(answered.starts_with("ACC: call answered: clid="), "{answered}");
+    assert!(answered.contains(";accountcode=acme;"), "{answered}");
+    let missed = bodies
+        .iter()
+        .find(|b| b.contains("tag=nobody-missed"))
+        .expect("the missed call");
+    assert!(missed.starts_with("ACC: call missed: "), "{missed}");
+    assert!(missed.contains(";answer=;"), "{missed}");
+    let stop = bodies.last().unwrap();
+    assert!(stop.contains("config_digest=crc32:") && stop.contains("spool_depth="), "{stop}");
+}
+
+/// An HTTP server on 127.0.0.1 answering 500 to the first request and 200 after;
+/// returns its port and the bodies it accepted.
+fn flaky_http_server() -> (u16, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let requests = Arc::new(Mutex::new(0usize));
+    let (accepted_in, requests_in) = (Arc::clone(&accepted), Arc::clone(&requests));
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let first = {
+                let mut n = requests_in.lock().unwrap();
+                *n += 1;
+                *n == 1
+            };
+            let answer = if first {
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            } else {
+                accepted_in.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            };
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (port, accepted, requests)
+}
+
+#[test]
+fn http_destination_retries_a_500_and_delivers_each_record_once() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    let (port, accepted, requests) = flaky_http_server();
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\n\n\
+         [billing]\ntype = http\nurl = http://127.0.0.1:{port}/cdr\nheader = X-Pbx: e2e\ntimeout_ms = 2000\nformat = envelope\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    call(&asterisk, "acme");
+    call(&asterisk, "plain");
+    asterisk.wait_for_no_channels(WAIT);
+    let rows = wait_until_settled(&asterisk);
+    assert!(*requests.lock().unwrap() >= 2, "the 500 was tried again");
+    let kafka_ids: HashSet<String> = root.read_topic(&tansu.brokers(), "all").iter().map(record_id).collect();
+    let mut http_ids = Vec::new();
+    for body in accepted.lock().unwrap().iter() {
+        for line in body.lines() {
+            let envelope: Value = serde_json::from_str(line).expect("JSON lines");
+            schema::validate("envelope.json", &envelope).unwrap_or_else(|e| panic!("{e}\n{line}"));
+            http_ids.push(envelope["record_id"].as_str().unwrap().to_string());
+        }
+    }
+    let unique: HashSet<String> = http_ids.iter().cloned().collect();
+    assert_eq!(unique.len(), http_ids.len(), "no record accepted twice");
+    assert_eq!(unique, kafka_ids, "every record once");
+    assert_eq!(rows["billing"].delivered as usize, http_ids.len());
+}
+
+#[test]
+fn disabled_destination_catches_up_when_enabled_with_nothing_lost_or_doubled() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    let dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-toggle");
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\n\n[archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-toggle/cdr.jsonl\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    asterisk.flood(300);
+    let out = asterisk.rx("cdr kafka destination disable archive");
+    assert!(out.contains("destination 'archive' disabled"), "{out}");
+    asterisk.flood(300);
+    let rows = destinations(&asterisk);
+    assert_eq!(rows["archive"].state, "disabled");
+    let lines_while_disabled = file_lines(&dir).values().flatten().count();
+    let out = asterisk.rx("cdr kafka destination enable archive");
+    assert!(out.contains("enabled"), "{out}");
+    asterisk.flood(300);
+    wait_until_settled(&asterisk);
+    let out = asterisk.rx("cdr kafka destination disable nosuch");
+    assert!(out.contains("no destination 'nosuch'"), "{out}");
+
+    let kafka: Vec<String> = root.read_topic(&tansu.brokers(), "all").iter().map(record_id).collect();
+    let file: Vec<String> = file_lines(&dir)
+        .values()
+        .flatten()
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).expect("JSON");
+            record["linkedid"].as_str().unwrap_or("").to_string() + "/" + &record["sequence"].to_string()
+        })
+        .collect();
+    let unique: HashSet<&String> = file.iter().collect();
+    assert_eq!(unique.len(), file.len(), "nothing doubled in the file");
+    assert_eq!(file.len(), kafka.len(), "the file has every record Kafka has");
+    assert_eq!(file.len(), 900);
+    assert!(lines_while_disabled < 900);
+}
