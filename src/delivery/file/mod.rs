@@ -225,10 +225,10 @@ impl FileDestination {
     /// Opens the file at the path, after cutting off what a failed write left, and
     /// rotates it at once if it is from before the last rotation moment.
     fn open_current(&mut self) -> Result<(), FileError> {
-        self.current = None;
+        let known = self.current.take().map(|c| (c.id, c.bytes, c.lines));
         self.cut_back_failed_write()?;
         let folder = open::ensure_folder(&self.dir)?;
-        let opened = open::open_append(self.path(), &folder)?;
+        let opened = open::open_append(self.path(), &folder, known)?;
         let now = self.now();
         let since = opened
             .modified
@@ -316,7 +316,7 @@ impl FileDestination {
         self.unsynced = false;
         self.folder_unsynced = true;
         let fresh = open::ensure_folder(&self.dir)
-            .and_then(|folder| open::open_append(&path, &folder))
+            .and_then(|folder| open::open_append(&path, &folder, None))
             .map_err(|error| error.to_string())?;
         self.install(fresh, now);
         if self.settings.sync != FileSync::Never && self.folder_unsynced {

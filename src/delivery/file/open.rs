@@ -5,7 +5,7 @@
 //! whichever thread builds or rebuilds the destination.
 
 use std::fs::{self, DirBuilder, File, Metadata, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -97,10 +97,18 @@ fn options() -> OpenOptions {
     options
 }
 
+/// What is known of a file opened before: (device, inode), bytes and lines then.
+pub type Known = ((u64, u64), u64, u64);
+
 /// Opens `path` for appending, creating it (0640, the folder's owner and group) when
 /// missing. A last line left without its newline (a crash while it was written) is
-/// ended, so the next record starts a line of its own.
-pub fn open_append(path: &Path, folder: &Metadata) -> Result<Opened, FileError> {
+/// ended, so the next record starts a line of its own. Lines are counted from where
+/// `known` left off when it is the same file, grown (a rebuild rereads no gigabytes).
+pub fn open_append(
+    path: &Path,
+    folder: &Metadata,
+    known: Option<Known>,
+) -> Result<Opened, FileError> {
     let open_error = |error| FileError::Open {
         path: path.to_path_buf(),
         error,
@@ -135,8 +143,12 @@ pub fn open_append(path: &Path, folder: &Metadata) -> Result<Opened, FileError> 
             path: path.to_path_buf(),
             error,
         };
-        let (lines, ends_line) = count_lines(path, opened.bytes).map_err(read_error)?;
-        opened.lines = lines;
+        let (from, lines_before) = match known {
+            Some((id, bytes, lines)) if id == opened.id && bytes <= opened.bytes => (bytes, lines),
+            _ => (0, 0),
+        };
+        let (lines, ends_line) = count_lines(path, from, opened.bytes).map_err(read_error)?;
+        opened.lines = lines_before + lines;
         if !ends_line {
             opened.file.write_all(b"\n").map_err(read_error)?;
             opened.lines += 1;
@@ -146,15 +158,19 @@ pub fn open_append(path: &Path, folder: &Metadata) -> Result<Opened, FileError> 
     Ok(opened)
 }
 
-/// Newlines in the first `bytes` of the file, and whether the last of them ends a line.
-fn count_lines(path: &Path, bytes: u64) -> io::Result<(u64, bool)> {
-    let file = OpenOptions::new()
+/// Newlines in bytes `from..to` of the file, and whether the last byte ends a line.
+fn count_lines(path: &Path, from: u64, to: u64) -> io::Result<(u64, bool)> {
+    let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
-    let mut reader = file.take(bytes);
+    // From the byte before `from`: it says whether the text there ends a line.
+    let start = from.saturating_sub(1);
+    file.seek(SeekFrom::Start(start))?;
+    let mut reader = file.take(to - start);
     let mut buffer = vec![0u8; 64 * 1024];
     let (mut lines, mut last) = (0u64, b'\n');
+    let mut counted_from_before = start < from;
     loop {
         let n = match reader.read(&mut buffer) {
             Ok(0) => break,
@@ -163,6 +179,11 @@ fn count_lines(path: &Path, bytes: u64) -> io::Result<(u64, bool)> {
             Err(error) => return Err(error),
         };
         lines += buffer[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        if counted_from_before {
+            // The byte before `from` was counted already.
+            lines -= u64::from(buffer[0] == b'\n');
+            counted_from_before = false;
+        }
         last = buffer[n - 1];
     }
     Ok((lines, last == b'\n'))
