@@ -42,7 +42,7 @@ const _: () = assert!(usize::BITS == 64, "cdr_kafka needs a 64-bit target");
 /// The opaque of a record, or `None` when it cannot carry them.
 pub(super) fn pack(index: usize, seq: u64) -> Option<usize> {
     (index < MAX_DESTINATIONS && seq <= MAX_SEQ)
-        .then(|| ((index as u64) << SEQ_BITS | seq) as usize)
+        .then_some(((index as u64) << SEQ_BITS | seq) as usize)
 }
 
 /// The seat's index and the sequence number an opaque carries.
