@@ -12,7 +12,7 @@ use crate::config::{
 };
 use crate::delivery::destination::Destination;
 use crate::delivery::feeder::{FeederSettings, Rules};
-use crate::delivery::kafka::{KafkaDestination, ProducerError, ProducerSettings};
+use crate::delivery::kafka::{KafkaDestination, ProducerError, ProducerSettings, SharedProducer};
 use crate::delivery::stack::{Member, Stack};
 use crate::routing::filter::Filter;
 use crate::routing::template::Template;
@@ -124,6 +124,14 @@ pub fn feeder_settings(settings: &Settings) -> FeederSettings {
     }
 }
 
+/// The `[global]` producer, shared by every Kafka destination without brokers of its own.
+pub fn shared_producer(settings: &Settings) -> Result<Arc<SharedProducer>, BuildError> {
+    SharedProducer::new(producer_settings(&settings.kafka)).map_err(|error| BuildError::Producer {
+        name: GLOBAL_DESTINATION.to_string(),
+        error,
+    })
+}
+
 fn kafka(name: &str, kafka: &KafkaSettings) -> Result<Box<dyn Destination>, BuildError> {
     KafkaDestination::new(name, producer_settings(kafka))
         .map(|destination| Box::new(destination) as Box<dyn Destination>)
@@ -139,9 +147,11 @@ pub fn build(
     identity: &Identity,
     name: &str,
     stack: Option<&Arc<Stack>>,
+    shared: &Arc<SharedProducer>,
 ) -> Result<(Box<dyn Destination>, Rules), BuildError> {
     let (destination, routing, kind) = if name == GLOBAL_DESTINATION {
-        (kafka(name, &settings.kafka)?, &settings.routing, DestinationType::Kafka)
+        let destination: Box<dyn Destination> = Box::new(KafkaDestination::on_shared(name, shared));
+        (destination, &settings.routing, DestinationType::Kafka)
     } else {
         let section = settings
             .destinations
@@ -151,7 +161,7 @@ pub fn build(
                 name: name.to_string(),
                 error: "no such destination".into(),
             })?;
-        (open(settings, section)?, &section.routing, section.kind)
+        (open(settings, section, shared)?, &section.routing, section.kind)
     };
     let mut rules = Rules::everything(name);
     rules.route = route(name, routing);
@@ -167,12 +177,13 @@ pub fn build(
 fn open(
     settings: &Settings,
     section: &DestinationSettings,
+    shared: &Arc<SharedProducer>,
 ) -> Result<Box<dyn Destination>, BuildError> {
     match section.kind {
-        DestinationType::Kafka => kafka(
-            &section.name,
-            section.kafka.as_ref().unwrap_or(&settings.kafka),
-        ),
+        DestinationType::Kafka => match &section.kafka {
+            Some(own) => kafka(&section.name, own),
+            None => Ok(Box::new(KafkaDestination::on_shared(&section.name, shared))),
+        },
         DestinationType::Syslog => syslog(section),
         DestinationType::Http => http(section),
         DestinationType::File => file(settings, section),

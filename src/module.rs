@@ -16,6 +16,7 @@ use crate::asterisk::host::{self, Identity};
 use crate::cel::{self, CelEncodeOptions, CelEvent};
 use crate::config::{self, ConfigError, HostCapabilities, Settings, CONFIG_FILE};
 use crate::delivery::destination::Destination;
+use crate::delivery::kafka::SharedProducer;
 use crate::delivery::feeder::{DestinationStats, Rules};
 use crate::delivery::log::{
     legacy, AppendError, Log, LogError, LogSettings, NewRecord, RecordKind, SyncPolicy,
@@ -171,8 +172,9 @@ fn start_destinations(
     settings: &Settings,
     identity: &Identity,
 ) -> Result<(), LoadError> {
-    let (stack, built) = build_destinations(settings, identity)?;
+    let (stack, shared, built) = build_destinations(settings, identity)?;
     delivery.stack = stack;
+    delivery.shared_producer = Some(shared);
     for (destination, rules) in built {
         let unconfirmed = delivery
             .start_with_rules(destination, feeder_settings(settings), rules)
@@ -185,6 +187,7 @@ fn start_destinations(
 /// Builds every destination `settings` enables, with their stack.
 fn build_destinations(settings: &Settings, identity: &Identity) -> Result<Built, LoadError> {
     let stack: Option<Arc<Stack>> = destinations::stack(settings);
+    let shared = destinations::shared_producer(settings)?;
     let mut built = Vec::new();
     for planned in destinations::planned(settings) {
         built.push(destinations::build(
@@ -192,12 +195,17 @@ fn build_destinations(settings: &Settings, identity: &Identity) -> Result<Built,
             identity,
             &planned.name,
             stack.as_ref(),
+            &shared,
         )?);
     }
-    Ok((stack, built))
+    Ok((stack, shared, built))
 }
 
-type Built = (Option<Arc<Stack>>, Vec<(Box<dyn Destination>, Rules)>);
+type Built = (
+    Option<Arc<Stack>>,
+    Arc<SharedProducer>,
+    Vec<(Box<dyn Destination>, Rules)>,
+);
 
 /// Why the module could not load, or a reload was refused.
 #[derive(Debug)]
@@ -723,7 +731,7 @@ pub fn reload() -> Result<(), LoadError> {
         Arc::clone(&old.record_ids),
     );
     drop(old);
-    if let Some((stack, built)) = replacement {
+    if let Some((stack, shared, built)) = replacement {
         // The old destinations stop (bounded flush) before the new ones read the log,
         // and each ledger passes to the destination of the same name: no record twice,
         // none lost. A destination no longer configured lets the log forget it.
@@ -736,6 +744,7 @@ pub fn reload() -> Result<(), LoadError> {
             }
         }
         delivery.stack = stack;
+        delivery.shared_producer = Some(shared);
         for (destination, rules) in built {
             delivery
                 .start_with_rules(destination, feeder_settings(&running.settings), rules)
@@ -1089,9 +1098,19 @@ pub fn set_destination_enabled(name: &str, enabled: bool) -> Result<String, Stri
         }
         (true, false) => {
             let stack = delivery.stack.clone();
-            let (destination, rules) =
-                destinations::build(&running.settings, &running.identity, name, stack.as_ref())
-                    .map_err(|error| error.to_string())?;
+            let shared = match &delivery.shared_producer {
+                Some(shared) => Arc::clone(shared),
+                None => destinations::shared_producer(&running.settings)
+                    .map_err(|error| error.to_string())?,
+            };
+            let (destination, rules) = destinations::build(
+                &running.settings,
+                &running.identity,
+                name,
+                stack.as_ref(),
+                &shared,
+            )
+            .map_err(|error| error.to_string())?;
             delivery
                 .start_with_rules(destination, feeder_settings(&running.settings), rules)
                 .map_err(|error| error.to_string())?;

@@ -76,6 +76,9 @@ pub struct Delivery {
     stats: Vec<(String, Arc<DestinationStats>)>,
     /// The control-flag stack the running destinations share, when flags couple them.
     pub stack: Option<Arc<stack::Stack>>,
+    /// The `[global]` producer the Kafka destinations without brokers of their own share
+    /// (kept for a destination enabled later; dropped on the thread that drops this).
+    pub shared_producer: Option<Arc<kafka::SharedProducer>>,
 }
 
 impl Delivery {
@@ -88,6 +91,7 @@ impl Delivery {
             parked: Vec::new(),
             stats: Vec::new(),
             stack: None,
+            shared_producer: None,
         }
     }
 
