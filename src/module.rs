@@ -850,3 +850,223 @@ fn format_system_time(time: SystemTime) -> String {
         true,
     )
 }
+
+// ---------------------------------------------------------------------------------------
+// Operator views and controls: `cdr kafka show destinations`, `cdr kafka destination
+// enable|disable NAME` and the Prometheus text. Written for today's one destination
+// ("global"); the lead reimplements these for many destinations, with these signatures.
+// `set_destination_enabled` stops and starts feeder threads: the glue runs it on a
+// short-lived thread of its own. `prometheus_text` runs on res_prometheus' HTTP thread:
+// it never waits on the delivery lock (a stop holds it through a flush).
+// ---------------------------------------------------------------------------------------
+
+/// Counters of destinations an operator disabled, kept so their figures still show.
+static DISABLED: Mutex<Vec<(String, Arc<DestinationStats>)>> = Mutex::new(Vec::new());
+
+fn disabled() -> MutexGuard<'static, Vec<(String, Arc<DestinationStats>)>> {
+    DISABLED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Forgets the counters of disabled destinations: at unload, with the module's state.
+pub fn forget_disabled() {
+    disabled().clear();
+}
+
+/// The destinations cdr_kafka.conf defines, enabled or not.
+pub fn destination_names() -> Vec<String> {
+    match current() {
+        Some(_) => vec![GLOBAL_DESTINATION.to_string()],
+        None => Vec::new(),
+    }
+}
+
+/// One destination as the views show it.
+struct DestinationView {
+    name: String,
+    stats: Arc<DestinationStats>,
+    enabled: bool,
+    waiting: u64,
+}
+
+/// Every configured destination: running ones from the engine, disabled ones from the
+/// counters kept when they were stopped.
+fn destination_views(
+    running: &Running,
+    statuses: Vec<crate::delivery::DestinationStatus>,
+) -> Vec<DestinationView> {
+    let mut disabled = disabled();
+    disabled.retain(|(name, _)| !statuses.iter().any(|status| &status.name == name));
+    let mut views: Vec<DestinationView> = statuses
+        .into_iter()
+        .map(|status| DestinationView {
+            name: status.name,
+            stats: status.stats,
+            enabled: true,
+            waiting: status.waiting,
+        })
+        .collect();
+    for (name, stats) in disabled.iter() {
+        views.push(DestinationView {
+            name: name.clone(),
+            stats: Arc::clone(stats),
+            enabled: false,
+            // With one destination, what the spool holds is what waits for it.
+            waiting: running.log.depth().0,
+        });
+    }
+    views
+}
+
+fn matched(stats: &DestinationStats) -> u64 {
+    // Offers count retries again.
+    DestinationStats::get(&stats.offered).saturating_sub(DestinationStats::get(&stats.retried))
+}
+
+/// The text of `cdr kafka show destinations`.
+pub fn destinations_text() -> String {
+    let Some(running) = current() else {
+        return "cdr_kafka is not running\n".to_string();
+    };
+    let statuses = lock(&running.delivery).statuses();
+    let mut text = String::new();
+    for view in destination_views(&running, statuses) {
+        let stats = &view.stats;
+        let state = match (view.enabled, stats.running.load(Ordering::Acquire)) {
+            (false, _) => "disabled (its records wait in the spool)",
+            (true, true) => "enabled, feeder running",
+            (true, false) => "enabled, feeder stopped",
+        };
+        let target = stats
+            .describe
+            .lock()
+            .map(|line| line.clone())
+            .unwrap_or_default();
+        let _ = writeln!(text, "Destination {} (kafka): {state}", view.name);
+        let _ = writeln!(text, "  Target    : {target}");
+        let _ = writeln!(
+            text,
+            "  Records   : matched {}, delivered {}, failed {}, filtered 0, skipped {}, waiting {}",
+            matched(stats),
+            DestinationStats::get(&stats.delivered),
+            DestinationStats::get(&stats.failed),
+            DestinationStats::get(&stats.damaged),
+            view.waiting
+        );
+    }
+    text
+}
+
+/// Enables or disables a destination: its feeder stops (after its bounded flush) or
+/// starts again from its ledger, so nothing is lost or sent twice. The text is for the
+/// operator either way.
+pub fn set_destination_enabled(name: &str, enabled: bool) -> Result<String, String> {
+    let Some(running) = current() else {
+        return Err("cdr_kafka is not running".to_string());
+    };
+    if name != GLOBAL_DESTINATION {
+        return Err(format!(
+            "no destination '{name}' in {CONFIG_FILE} (destinations: {GLOBAL_DESTINATION})"
+        ));
+    }
+    let mut delivery = lock(&running.delivery);
+    let stats = delivery
+        .statuses()
+        .into_iter()
+        .find(|status| status.name == name)
+        .map(|status| status.stats);
+    match (enabled, stats) {
+        (true, Some(_)) => Ok(format!("destination '{name}' is already enabled")),
+        (false, None) => Ok(format!("destination '{name}' is already disabled")),
+        (false, Some(stats)) => {
+            let unconfirmed = delivery.stop(name).unwrap_or(0);
+            // Before the lock goes, so that no view finds it neither running nor disabled.
+            disabled().push((name.to_string(), stats));
+            drop(delivery);
+            let waiting = running.log.depth().0;
+            ast_log!(Notice, "destination '{name}' disabled by the operator");
+            let mut message = format!(
+                "destination '{name}' disabled: {waiting} record(s) wait in the spool for it and \
+                 are delivered when it is enabled again; meanwhile the spool grows (spool_max_bytes)"
+            );
+            if unconfirmed > 0 {
+                let _ = write!(
+                    message,
+                    "; {unconfirmed} record(s) were not confirmed within flush_timeout_ms and are sent again then"
+                );
+            }
+            Ok(message)
+        }
+        (true, None) => {
+            // librdkafka's threads start here, on the glue's short-lived thread.
+            let destination =
+                kafka_destination(&running.settings).map_err(|error| error.to_string())?;
+            delivery
+                .start(destination, feeder_settings(&running.settings))
+                .map_err(|error| format!("destination '{name}' not enabled: {error}"))?;
+            disabled().retain(|(other, _)| other != name);
+            drop(delivery);
+            ast_log!(Notice, "destination '{name}' enabled by the operator");
+            Ok(format!(
+                "destination '{name}' enabled: delivering the {} record(s) waiting for it",
+                running.log.depth().0
+            ))
+        }
+    }
+}
+
+/// The module's figures for res_prometheus; empty when the module is not running.
+pub fn prometheus_text() -> String {
+    let Some(running) = current() else {
+        return String::new();
+    };
+    // Never wait here: a stop holds the lock through its flush. That scrape then lacks
+    // the destination series.
+    let statuses = match running.delivery.try_lock() {
+        Ok(delivery) => Some(delivery.statuses()),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner().statuses()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    let destinations = statuses
+        .map(|statuses| destination_views(&running, statuses))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|view| {
+            let stats = &view.stats;
+            crate::metrics::DestinationMetrics {
+                kind: "kafka".to_string(),
+                matched: matched(stats),
+                delivered: DestinationStats::get(&stats.delivered),
+                failed: DestinationStats::get(&stats.failed),
+                // Today's destination has no filter.
+                filtered: 0,
+                skipped: DestinationStats::get(&stats.damaged),
+                retried: DestinationStats::get(&stats.retried),
+                waiting: view.waiting,
+                in_flight: DestinationStats::get(&stats.in_flight),
+                enabled: view.enabled,
+                up: view.enabled && stats.running.load(Ordering::Acquire),
+                // Today's feeder does not measure it.
+                latency: None,
+                name: view.name,
+            }
+        })
+        .collect();
+    let stats = &running.stats;
+    let (depth_records, depth_bytes) = running.log.depth();
+    let metrics = crate::metrics::ModuleMetrics {
+        received: Stats::get(&stats.received) + Stats::get(&stats.cel_received),
+        spooled: Stats::get(&stats.spooled) + Stats::get(&stats.cel_spooled),
+        refused: Stats::get(&stats.failed) + Stats::get(&stats.cel_failed),
+        // Today every record goes to the one destination: none is left unspooled.
+        skipped: 0,
+        spool_depth_records: depth_records,
+        spool_depth_bytes: depth_bytes,
+        oldest_age_seconds: running.log.oldest_undelivered_age().unwrap_or(0) as f64,
+        destinations,
+    };
+    let mut text = String::new();
+    crate::metrics::render(&metrics, &mut text);
+    text
+}
