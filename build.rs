@@ -55,6 +55,17 @@ fn main() {
         defines.push("CDRK_HAVE_CEL_TENANTID");
     }
 
+    // res_prometheus.h is in every release line since 17, but an install may leave it out.
+    if probe(
+        &include_dir,
+        &out_dir,
+        "prometheus",
+        "#include \"asterisk.h\"\n#include \"asterisk/res_prometheus.h\"\n\
+         int probe(struct prometheus_callback *c) { return c->name != 0; }\n",
+    ) {
+        defines.push("CDRK_HAVE_PROMETHEUS");
+    }
+
     generate_bindings(&include_dir, &own_include, &out_dir);
     compile_glue(&include_dir, &own_include, &defines);
 

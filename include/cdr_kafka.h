@@ -135,6 +135,18 @@ int cdr_kafka_log_cdr(const struct cdrk_cdr *cdr);
 int cdr_kafka_log_cel(const struct cdrk_cel *cel);
 /* A status report for the CLI; free it with cdr_kafka_free_text. */
 char *cdr_kafka_status_text(void);
+/* `cdr kafka show destinations`; free it with cdr_kafka_free_text. */
+char *cdr_kafka_destinations_text(void);
+/* The destinations' names, one a line, for CLI completion; free it with cdr_kafka_free_text. */
+char *cdr_kafka_destination_names(void);
+/*
+ * Enables (flag != 0) or disables a destination; 0 on success. *message gets the text for
+ * the operator either way (free it with cdr_kafka_free_text). Starts and stops threads:
+ * call it on a short-lived thread, as load/reload/unload.
+ */
+int cdr_kafka_destination_set_enabled(const char *name, int flag, char **message);
+/* The metrics in Prometheus' text format; free it with cdr_kafka_free_text. */
+char *cdr_kafka_prometheus_text(void);
 void cdr_kafka_free_text(char *text);
 
 #endif

@@ -13,8 +13,10 @@
 /* AST_MODULE and AST_MODULE_SELF_SYM come from build.rs, as for every compile against asterisk.h. */
 #include "asterisk.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "asterisk/cdr.h"
@@ -27,7 +29,12 @@
 #include "asterisk/localtime.h"
 #include "asterisk/logger.h"
 #include "asterisk/module.h"
+#include "asterisk/options.h"
 #include "asterisk/paths.h"
+#ifdef CDRK_HAVE_PROMETHEUS
+#include "asterisk/res_prometheus.h"
+#endif
+#include "asterisk/strings.h"
 #include "asterisk/utils.h"
 #include "asterisk/ast_version.h"
 
@@ -256,22 +263,119 @@ static char *cli_show_status(struct ast_cli_entry *e, int cmd, struct ast_cli_ar
 	return CLI_SUCCESS;
 }
 
-static struct ast_cli_entry cli_entries[] = {
-	AST_CLI_DEFINE(cli_show_status, "Show the Kafka CDR backend's status"),
-};
+static char *cli_show_destinations(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	char *text;
+
+	switch (cmd) {
+	case CLI_INIT:
+		e->command = "cdr kafka show destinations";
+		e->usage =
+			"Usage: cdr kafka show destinations\n"
+			"       Shows each destination of the Kafka CDR backend: its type, target and state,\n"
+			"       and its records matched, delivered, failed, filtered, skipped and waiting.\n";
+		return NULL;
+	case CLI_GENERATE:
+		return NULL;
+	}
+	if (a->argc != 4) {
+		return CLI_SHOWUSAGE;
+	}
+	text = cdr_kafka_destinations_text();
+	if (text) {
+		ast_cli(a->fd, "%s", text);
+		cdr_kafka_free_text(text);
+	}
+	return CLI_SUCCESS;
+}
+
+/* Offers the destination names that start with what was typed. */
+static void complete_destination(const char *word)
+{
+	char *names = cdr_kafka_destination_names();
+	const char *name;
+	size_t typed = strlen(word);
+
+	if (!names) {
+		return;
+	}
+	/* One name a line; the text is Rust's and is read, never cut in place. */
+	for (name = names; *name; ) {
+		const char *end = strchr(name, '\n');
+		size_t length = end ? (size_t) (end - name) : strlen(name);
+
+		if (length >= typed && !strncasecmp(word, name, typed)
+			&& ast_cli_completion_add(ast_strndup(name, length))) {
+			break;
+		}
+		name += length + (end ? 1 : 0);
+	}
+	cdr_kafka_free_text(names);
+}
 
 struct rust_call {
 	int (*function)(void);
 	const struct cdrk_host *host;
 	int (*load)(const struct cdrk_host *host);
+	/* A call about one destination: its name and a flag in, a text for the operator out. */
+	int (*named)(const char *name, int flag, char **message);
+	const char *name;
+	int flag;
+	char *message;
 	int result;
+};
+
+static int run_on_short_thread(struct rust_call *call);
+
+static char *cli_destination_enable(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	struct rust_call call = { .named = cdr_kafka_destination_set_enabled };
+
+	switch (cmd) {
+	case CLI_INIT:
+		e->command = "cdr kafka destination {enable|disable}";
+		e->usage =
+			"Usage: cdr kafka destination {enable|disable} <name>\n"
+			"       Stops or starts delivering to one destination of the Kafka CDR backend.\n"
+			"       A disabled destination keeps its place in the spool: the records for it\n"
+			"       wait there and are delivered, once each, when it is enabled again.\n"
+			"       The choice lasts until cdr_kafka is loaded again.\n";
+		return NULL;
+	case CLI_GENERATE:
+		if (a->pos == 4) {
+			complete_destination(a->word);
+		}
+		return NULL;
+	}
+	if (a->argc != 5) {
+		return CLI_SHOWUSAGE;
+	}
+	call.name = a->argv[4];
+	call.flag = !strcasecmp(a->argv[3], "enable");
+	/* Feeder threads stop and start here: never on the CLI's own thread. */
+	call.result = run_on_short_thread(&call);
+	if (call.message) {
+		ast_cli(a->fd, "%s\n", call.message);
+		cdr_kafka_free_text(call.message);
+	}
+	return call.result ? CLI_FAILURE : CLI_SUCCESS;
+}
+
+static struct ast_cli_entry cli_entries[] = {
+	AST_CLI_DEFINE(cli_show_status, "Show the Kafka CDR backend's status"),
+	AST_CLI_DEFINE(cli_show_destinations, "Show the Kafka CDR backend's destinations"),
+	AST_CLI_DEFINE(cli_destination_enable, "Enable or disable a Kafka CDR backend destination"),
 };
 
 static void *rust_call_thread(void *data)
 {
 	struct rust_call *call = data;
 
-	call->result = call->load ? call->load(call->host) : call->function();
+	if (call->named) {
+		call->result = call->named(call->name, call->flag, &call->message);
+	} else {
+		call->result = call->load ? call->load(call->host) : call->function();
+	}
 	return NULL;
 }
 
@@ -287,6 +391,180 @@ static int run_on_short_thread(struct rust_call *call)
 	pthread_join(thread, NULL);
 	return call->result;
 }
+
+#ifdef CDRK_HAVE_PROMETHEUS
+/*
+ * Metrics through res_prometheus, when it is loaded. Its functions are looked up at run
+ * time (it exports them globally): linking them would make Asterisk refuse to load this
+ * module wherever res_prometheus is absent. Not `.optional_modules` either: Asterisk
+ * declines a module whose optional module is present but declined (res_prometheus does
+ * without a prometheus.conf), and CDRs would be lost for want of metrics.
+ *
+ * res_prometheus keeps registered callbacks across its reload and forgets them all when
+ * unloaded; a callback runs on its HTTP thread under its scrape lock, which its
+ * unregister takes, so once that returns no scrape runs our code. Each call into it
+ * holds its library open for the call and resolves the function from that handle, so an
+ * unload of res_prometheus at that moment cannot unmap the code being called.
+ */
+static void prometheus_scrape(struct ast_str **output)
+{
+	char *text = cdr_kafka_prometheus_text();
+
+	if (text) {
+		ast_str_append(output, 0, "%s", text);
+		cdr_kafka_free_text(text);
+	}
+}
+
+static struct prometheus_callback prometheus_callback = {
+	.name = "cdr_kafka",
+	.callback_fn = prometheus_scrape,
+};
+
+/* Guards what follows, between load/reload/unload and the startup watcher. */
+AST_MUTEX_DEFINE_STATIC(prometheus_lock);
+static ast_cond_t prometheus_wake;
+static int prometheus_registered;
+static int prometheus_watching;
+static int prometheus_stop;
+static pthread_t prometheus_watcher;
+
+/* Calls res_prometheus' register (or unregister) with our callback; -1 when it is absent. */
+static int prometheus_call(const char *symbol, int registering)
+{
+	void *found = dlsym(RTLD_DEFAULT, symbol);
+	void *library;
+	void *function;
+	Dl_info where;
+	int result = 0;
+
+	if (!found || !dladdr(found, &where) || !where.dli_fname) {
+		return -1;
+	}
+	library = dlopen(where.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+	if (!library) {
+		return -1;
+	}
+	function = dlsym(library, symbol);
+	if (!function) {
+		result = -1;
+	} else if (registering) {
+		int (*register_callback)(struct prometheus_callback *) = function;
+
+		result = register_callback(&prometheus_callback);
+	} else {
+		void (*unregister_callback)(struct prometheus_callback *) = function;
+
+		unregister_callback(&prometheus_callback);
+	}
+	dlclose(library);
+	return result;
+}
+
+/* Call with prometheus_lock held. */
+static void prometheus_attach_locked(void)
+{
+	if (!prometheus_registered && !prometheus_call("prometheus_callback_register", 1)) {
+		prometheus_registered = 1;
+		ast_log(LOG_NOTICE, "cdr_kafka: metrics are published through res_prometheus\n");
+	}
+}
+
+static void prometheus_attach(void)
+{
+	ast_mutex_lock(&prometheus_lock);
+	prometheus_attach_locked();
+	ast_mutex_unlock(&prometheus_lock);
+}
+
+static void prometheus_detach(void)
+{
+	ast_mutex_lock(&prometheus_lock);
+	if (prometheus_registered) {
+		/* A res_prometheus unloaded since then forgot us: nothing to find, nothing done. */
+		prometheus_call("prometheus_callback_unregister", 0);
+		prometheus_registered = 0;
+	}
+	ast_mutex_unlock(&prometheus_lock);
+}
+
+/*
+ * At startup CDR backends load before res_prometheus: this thread waits until Asterisk is
+ * fully booted, registers if res_prometheus is there by then, and ends.
+ */
+static void *prometheus_watch(void *unused)
+{
+	(void) unused;
+	ast_mutex_lock(&prometheus_lock);
+	while (!prometheus_stop && !ast_fully_booted) {
+		struct timespec until;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 200 * 1000 * 1000;
+		if (until.tv_nsec >= 1000 * 1000 * 1000) {
+			until.tv_sec += 1;
+			until.tv_nsec -= 1000 * 1000 * 1000;
+		}
+		ast_cond_timedwait(&prometheus_wake, &prometheus_lock, &until);
+	}
+	if (!prometheus_stop) {
+		prometheus_attach_locked();
+	}
+	ast_mutex_unlock(&prometheus_lock);
+	return NULL;
+}
+
+static void prometheus_start(void)
+{
+	if (ast_fully_booted) {
+		prometheus_attach();
+		return;
+	}
+	prometheus_stop = 0;
+	ast_cond_init(&prometheus_wake, NULL);
+	if (pthread_create(&prometheus_watcher, NULL, prometheus_watch, NULL)) {
+		ast_cond_destroy(&prometheus_wake);
+		ast_log(LOG_WARNING, "cdr_kafka: cannot start a thread to wait for res_prometheus: "
+			"metrics are published after 'module reload cdr_kafka'\n");
+		return;
+	}
+	prometheus_watching = 1;
+}
+
+/* Before the module's state goes: no scrape runs our callback once this returns. */
+static void prometheus_stop_all(void)
+{
+	if (prometheus_watching) {
+		ast_mutex_lock(&prometheus_lock);
+		prometheus_stop = 1;
+		ast_cond_signal(&prometheus_wake);
+		ast_mutex_unlock(&prometheus_lock);
+		pthread_join(prometheus_watcher, NULL);
+		ast_cond_destroy(&prometheus_wake);
+		prometheus_watching = 0;
+	}
+	prometheus_detach();
+}
+
+/* A res_prometheus loaded (or loaded again) since is taken up at reload. */
+static void prometheus_refresh(void)
+{
+	prometheus_detach();
+	prometheus_attach();
+}
+#else
+static void prometheus_start(void)
+{
+}
+
+static void prometheus_stop_all(void)
+{
+}
+
+static void prometheus_refresh(void)
+{
+}
+#endif
 
 static int load_module(void)
 {
@@ -314,6 +592,7 @@ static int load_module(void)
 		return AST_MODULE_LOAD_DECLINE;
 	}
 	ast_cli_register_multiple(cli_entries, ARRAY_LEN(cli_entries));
+	prometheus_start();
 	return AST_MODULE_LOAD_SUCCESS;
 }
 
@@ -363,7 +642,8 @@ static int unload_module(void)
 	}
 	host_cel_unregister();
 	ast_cli_unregister_multiple(cli_entries, ARRAY_LEN(cli_entries));
-	/* No CDR or CEL callback runs after their unregister returned: now the producer may go. */
+	prometheus_stop_all();
+	/* No CDR, CEL or scrape callback runs after their unregister returned: now the producer may go. */
 	run_on_short_thread(&stop);
 	return 0;
 }
@@ -371,8 +651,10 @@ static int unload_module(void)
 static int reload_module(void)
 {
 	struct rust_call call = { .function = cdr_kafka_reload };
+	int result = run_on_short_thread(&call);
 
-	return run_on_short_thread(&call) ? AST_MODULE_LOAD_DECLINE : AST_MODULE_LOAD_SUCCESS;
+	prometheus_refresh();
+	return result ? AST_MODULE_LOAD_DECLINE : AST_MODULE_LOAD_SUCCESS;
 }
 
 AST_MODULE_INFO(ASTERISK_GPL_KEY, AST_MODFLAG_LOAD_ORDER, "Kafka CDR Backend",

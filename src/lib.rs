@@ -11,6 +11,7 @@ pub mod cel;
 pub mod config;
 pub mod delivery;
 pub mod destinations;
+pub mod metrics;
 pub mod module;
 pub mod ratelimit;
 pub mod record;
@@ -19,7 +20,7 @@ pub mod shape;
 pub mod shaping;
 mod sys;
 
-use std::ffi::{c_char, c_int, CString};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Runs `body`, turning a panic into a log line and `fallback`.
@@ -137,14 +138,75 @@ pub extern "C" fn cdr_kafka_status_text() -> *mut c_char {
     })
 }
 
-/// Frees a text returned by `cdr_kafka_status_text`.
+/// The text of `cdr kafka show destinations`; free it with `cdr_kafka_free_text`.
+#[no_mangle]
+pub extern "C" fn cdr_kafka_destinations_text() -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        asterisk::host::c_string(&module::destinations_text()).into_raw()
+    })
+}
+
+/// The names of the destinations, one per line, for the CLI's completion; free it with
+/// `cdr_kafka_free_text`.
+#[no_mangle]
+pub extern "C" fn cdr_kafka_destination_names() -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        asterisk::host::c_string(&module::destination_names().join("\n")).into_raw()
+    })
+}
+
+/// Enables (`enabled` != 0) or disables the destination `name`; 0 on success. Sets
+/// `*message` to the operator's text (free it with `cdr_kafka_free_text`). Starts and
+/// stops threads: the glue calls it on a short-lived thread of its own.
 ///
 /// # Safety
-/// `text` is NULL or a pointer `cdr_kafka_status_text` returned, freed once.
+/// `name` is NULL or a NUL-terminated string valid for the call; `message` is NULL or
+/// points at a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn cdr_kafka_destination_set_enabled(
+    name: *const c_char,
+    enabled: c_int,
+    message: *mut *mut c_char,
+) -> c_int {
+    // SAFETY: the caller passes NULL or a valid NUL-terminated string (the CLI's argv).
+    let name = (!name.is_null()).then(|| unsafe { CStr::from_ptr(name) }.to_string_lossy());
+    let (result, text) = guard((-1, None), || {
+        let outcome = match name {
+            Some(name) => module::set_destination_enabled(&name, enabled != 0),
+            None => Err("give the name of a destination".to_string()),
+        };
+        match outcome {
+            Ok(text) => (0, Some(text)),
+            Err(text) => (-1, Some(text)),
+        }
+    });
+    // SAFETY: the caller passes NULL or a pointer it lets us write.
+    if let Some(slot) = unsafe { message.as_mut() } {
+        *slot = text.map_or(std::ptr::null_mut(), |text| {
+            asterisk::host::c_string(&text).into_raw()
+        });
+    }
+    result
+}
+
+/// The module's metrics in Prometheus' text format, for res_prometheus' scrape; free
+/// it with `cdr_kafka_free_text`. Reads counters only: no thread, no wait on I/O locks.
+#[no_mangle]
+pub extern "C" fn cdr_kafka_prometheus_text() -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        asterisk::host::c_string(&module::prometheus_text()).into_raw()
+    })
+}
+
+/// Frees a text returned by any `cdr_kafka_*_text`, `cdr_kafka_destination_names` or
+/// `cdr_kafka_destination_set_enabled`.
+///
+/// # Safety
+/// `text` is NULL or a pointer one of them returned, freed once.
 #[no_mangle]
 pub unsafe extern "C" fn cdr_kafka_free_text(text: *mut c_char) {
     if !text.is_null() {
-        // SAFETY: `text` came from CString::into_raw in cdr_kafka_status_text.
+        // SAFETY: `text` came from CString::into_raw in one of the functions above.
         drop(unsafe { CString::from_raw(text) });
     }
 }

@@ -1121,3 +1121,59 @@ pub fn set_destination_enabled(name: &str, enabled: bool) -> Result<String, Stri
         }
     }
 }
+
+/// The module's figures for res_prometheus; empty when the module is not running. Runs
+/// on res_prometheus's HTTP thread: it never waits for the delivery lock (a stop holds
+/// it through a flush); that scrape then lacks the destination series.
+pub fn prometheus_text() -> String {
+    let Some(running) = current() else {
+        return String::new();
+    };
+    let delivery = match running.delivery.try_lock() {
+        Ok(delivery) => Some(delivery),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    let mut destinations = Vec::new();
+    if let Some(delivery) = &delivery {
+        let statuses = delivery.statuses();
+        for planned in destinations::planned(&running.settings) {
+            let Some(stats) = delivery.stats_of(&planned.name) else {
+                continue;
+            };
+            let status = statuses.iter().find(|s| s.name == planned.name);
+            let get = |counter: &AtomicU64| DestinationStats::get(counter);
+            destinations.push(crate::metrics::DestinationMetrics {
+                name: planned.name.clone(),
+                kind: planned.kind.name().to_string(),
+                matched: get(&stats.matched),
+                delivered: get(&stats.delivered),
+                failed: get(&stats.failed),
+                filtered: get(&stats.filtered),
+                skipped: get(&stats.skipped),
+                retried: get(&stats.retried),
+                waiting: status.map_or_else(|| delivery.waiting_for(&planned.name), |s| s.waiting),
+                in_flight: get(&stats.in_flight),
+                enabled: status.is_some(),
+                up: status.is_some() && stats.running.load(Ordering::Acquire),
+                latency: Some(stats.latency.snapshot()),
+            });
+        }
+    }
+    drop(delivery);
+    let stats = &running.stats;
+    let (depth_records, depth_bytes) = running.log.depth();
+    let metrics = crate::metrics::ModuleMetrics {
+        received: Stats::get(&stats.received) + Stats::get(&stats.cel_received),
+        spooled: Stats::get(&stats.spooled) + Stats::get(&stats.cel_spooled),
+        refused: Stats::get(&stats.failed) + Stats::get(&stats.cel_failed),
+        skipped: Stats::get(&stats.skipped),
+        spool_depth_records: depth_records,
+        spool_depth_bytes: depth_bytes,
+        oldest_age_seconds: running.log.oldest_undelivered_age().unwrap_or(0) as f64,
+        destinations,
+    };
+    let mut text = String::new();
+    crate::metrics::render(&metrics, &mut text);
+    text
+}

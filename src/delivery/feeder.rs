@@ -114,6 +114,8 @@ pub struct DestinationStats {
     pub skipped: AtomicU64,
     /// Records given up after `give_up_after_ms`.
     pub gave_up: AtomicU64,
+    /// Capture-to-confirmation latency of delivered records.
+    pub latency: crate::metrics::LatencyHistogram,
 
     /// Records handed over (again after a retry).
     pub offered: AtomicU64,
@@ -352,6 +354,10 @@ impl Feeder {
                 Outcome::Delivered => {
                     if self.ledger.ack(seq) {
                         DestinationStats::add(&self.stats.delivered, 1);
+                        if let Some(captured) = captured {
+                            let waited = Duration::from_millis(now.saturating_sub(captured));
+                            self.stats.latency.observe(waited);
+                        }
                         self.post(seq, Status::Ok, None);
                     }
                 }

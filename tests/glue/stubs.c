@@ -31,6 +31,7 @@ const char *ast_config_AST_CONFIG_DIR;
 const char *ast_config_AST_SPOOL_DIR;
 const char *ast_config_AST_SYSTEM_NAME;
 unsigned char ast_eid_default[6];
+unsigned long long ast_options;
 
 #define NEVER_CALLED(name) int name(void) { return -1; }
 NEVER_CALLED(__ast_cli_register_multiple)
@@ -62,3 +63,16 @@ NEVER_CALLED(cdr_kafka_unload)
 NEVER_CALLED(cdr_kafka_log_cel)
 NEVER_CALLED(cdr_kafka_status_text)
 NEVER_CALLED(cdr_kafka_free_text)
+NEVER_CALLED(__ast_cond_destroy)
+NEVER_CALLED(__ast_cond_init)
+NEVER_CALLED(__ast_cond_signal)
+NEVER_CALLED(__ast_cond_timedwait)
+NEVER_CALLED(__ast_str_helper)
+NEVER_CALLED(__ast_strndup)
+NEVER_CALLED(ast_cli_completion_add)
+NEVER_CALLED(cdr_kafka_destination_names)
+NEVER_CALLED(cdr_kafka_destination_set_enabled)
+NEVER_CALLED(cdr_kafka_destinations_text)
+NEVER_CALLED(cdr_kafka_prometheus_text)
+NEVER_CALLED(__ast_pthread_mutex_lock)
+NEVER_CALLED(__ast_pthread_mutex_unlock)

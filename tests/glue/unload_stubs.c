@@ -102,6 +102,20 @@ void ast_log(int level, const char *file, int line, const char *function, const 
 	printf("log=%s %s", level == 3 ? "WARNING" : level == 4 ? "ERROR" : "OTHER", message);
 }
 
+/* Taken around the res_prometheus state on the unload path; one thread here, nothing to lock. */
+int __ast_pthread_mutex_lock(void)
+{
+	return 0;
+}
+
+int __ast_pthread_mutex_unlock(void)
+{
+	return 0;
+}
+
+/* Read by ast_fully_booted. */
+unsigned long long ast_options;
+
 /* Called by the module constructor. */
 void ast_module_register(const void *info)
 {
@@ -142,3 +156,14 @@ NEVER_CALLED(cdr_kafka_log_cdr)
 NEVER_CALLED(cdr_kafka_log_cel)
 NEVER_CALLED(cdr_kafka_status_text)
 NEVER_CALLED(cdr_kafka_free_text)
+NEVER_CALLED(__ast_cond_destroy)
+NEVER_CALLED(__ast_cond_init)
+NEVER_CALLED(__ast_cond_signal)
+NEVER_CALLED(__ast_cond_timedwait)
+NEVER_CALLED(__ast_str_helper)
+NEVER_CALLED(__ast_strndup)
+NEVER_CALLED(ast_cli_completion_add)
+NEVER_CALLED(cdr_kafka_destination_names)
+NEVER_CALLED(cdr_kafka_destination_set_enabled)
+NEVER_CALLED(cdr_kafka_destinations_text)
+NEVER_CALLED(cdr_kafka_prometheus_text)
