@@ -161,10 +161,22 @@ pub fn build(
                 name: name.to_string(),
                 error: "no such destination".into(),
             })?;
-        (open(settings, section, shared)?, &section.routing, section.kind)
+        (
+            open(settings, section, shared)?,
+            &section.routing,
+            section.kind,
+        )
     };
     let mut rules = Rules::everything(name);
     rules.route = route(name, routing);
+    let fixed_topic = settings
+        .destinations
+        .iter()
+        .find(|d| d.name == name)
+        .and_then(|d| d.topic.as_deref());
+    if let Some(topic) = fixed_topic {
+        rules.route.topic = Template::parse(topic, &|_| false).ok();
+    }
     rules.give_up_after = routing.give_up_after;
     rules.stack = stack.and_then(|stack| Some((Arc::clone(stack), stack.index_of(name)?)));
     let identity = (identity.entity_id.as_str(), identity.system_name.as_str());
@@ -214,7 +226,12 @@ fn parsed<T>(
         .transpose()
 }
 
-fn number(section: &DestinationSettings, name: &str, min: u64, max: u64) -> Result<Option<u64>, BuildError> {
+fn number(
+    section: &DestinationSettings,
+    name: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, BuildError> {
     parsed(section, name, |text| {
         text.parse::<u64>()
             .ok()
@@ -249,7 +266,10 @@ fn syslog(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildEr
 
 fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
     use crate::delivery::http::{HttpDestination, HttpSettings, Method};
-    let url = section.option("url").map(|e| e.value.trim()).unwrap_or_default();
+    let url = section
+        .option("url")
+        .map(|e| e.value.trim())
+        .unwrap_or_default();
     let mut settings = HttpSettings::new(&section.name, url);
     if let Some(method) = parsed(section, "method", Method::parse)? {
         settings.method = method;
@@ -284,7 +304,10 @@ pub fn bad_option(entry: &Entry, expected: &str) -> BuildError {
     })
 }
 
-fn file(settings: &Settings, section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
+fn file(
+    settings: &Settings,
+    section: &DestinationSettings,
+) -> Result<Box<dyn Destination>, BuildError> {
     use crate::config::SyncPolicy;
     use crate::delivery::file::{FileDestination, FileSettings, FileSync, Rotation, SystemClock};
     let path_entry = section.option("path");

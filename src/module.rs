@@ -16,8 +16,8 @@ use crate::asterisk::host::{self, Identity};
 use crate::cel::{self, CelEncodeOptions, CelEvent};
 use crate::config::{self, ConfigError, HostCapabilities, Settings, CONFIG_FILE};
 use crate::delivery::destination::Destination;
-use crate::delivery::kafka::SharedProducer;
 use crate::delivery::feeder::{DestinationStats, Rules};
+use crate::delivery::kafka::SharedProducer;
 use crate::delivery::log::{
     legacy, AppendError, Log, LogError, LogSettings, NewRecord, RecordKind, SyncPolicy,
 };
@@ -25,9 +25,9 @@ use crate::delivery::stack::Stack;
 use crate::delivery::stats::Stats;
 use crate::delivery::{Delivery, DeliveryError};
 use crate::destinations::{self, feeder_settings, BuildError};
-use crate::routing::KAFKA_TO_HEADER;
 use crate::ratelimit::{suppressed_note, RateLimit};
 use crate::record::{self, Cdr, EncodeOptions};
+use crate::routing::KAFKA_TO_HEADER;
 use crate::{ast_log, asterisk};
 
 pub use crate::destinations::GLOBAL_DESTINATION;
@@ -226,7 +226,9 @@ impl std::fmt::Display for LoadError {
             Self::Config(error) => write!(f, "{error}"),
             Self::Build(error) => write!(f, "{error}"),
             Self::Spool(error) => write!(f, "spool: {error}"),
-            Self::Delivery(error) => write!(f, "{CONFIG_FILE}: a destination cannot start: {error}"),
+            Self::Delivery(error) => {
+                write!(f, "{CONFIG_FILE}: a destination cannot start: {error}")
+            }
         }
     }
 }
@@ -673,7 +675,10 @@ pub fn load() -> Result<(), LoadError> {
     );
     let cel_enabled = running.settings.cel.enabled;
     if let Err(error) = running.publish_control("module_start") {
-        ast_log!(Warning, "the module_start record is lost: the spool refused it: {error}");
+        ast_log!(
+            Warning,
+            "the module_start record is lost: the spool refused it: {error}"
+        );
     }
     if let Some(old) = replace(Some(Arc::new(running))) {
         retire(old);
@@ -775,7 +780,10 @@ pub fn unload() {
         match running.publish_control("module_stop") {
             Ok(seq) => running.wait_for_control_record(seq),
             Err(error) => {
-                ast_log!(Warning, "the module_stop record is lost: the spool refused it: {error}")
+                ast_log!(
+                    Warning,
+                    "the module_stop record is lost: the spool refused it: {error}"
+                )
             }
         }
     }
@@ -1033,8 +1041,16 @@ pub fn destinations_text() -> String {
     let statuses = delivery.statuses();
     let mut text = format!(
         "{:<16} {:<7} {:<9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8}  {}\n",
-        "Destination", "Type", "State", "Matched", "Delivered", "Failed", "Filtered", "Skipped",
-        "Waiting", "Target"
+        "Destination",
+        "Type",
+        "State",
+        "Matched",
+        "Delivered",
+        "Failed",
+        "Filtered",
+        "Skipped",
+        "Waiting",
+        "Target"
     );
     for planned in destinations::planned(&running.settings) {
         let status = statuses.iter().find(|s| s.name == planned.name);
@@ -1066,7 +1082,10 @@ pub fn destinations_text() -> String {
         );
     }
     let skipped = Stats::get(&running.stats.skipped);
-    let _ = writeln!(text, "CDRs the dialplan sent nowhere (kafka_skip): {skipped}");
+    let _ = writeln!(
+        text,
+        "CDRs the dialplan sent nowhere (kafka_skip): {skipped}"
+    );
     text
 }
 

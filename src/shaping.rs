@@ -82,14 +82,18 @@ pub fn shaper(
 ) -> Result<Option<Box<dyn Shaper>>, ConfigError> {
     let output = &routing.output;
     let fields = match &output.fields {
-        Some(spec) => Some(Shape::parse_fields(spec).map_err(|expected| ConfigError::BadValue {
-            file: CONFIG_FILE,
-            section: String::new(),
-            name: "fields".into(),
-            value: spec.clone(),
-            line: 0,
-            expected,
-        })?),
+        Some(spec) => {
+            Some(
+                Shape::parse_fields(spec).map_err(|expected| ConfigError::BadValue {
+                    file: CONFIG_FILE,
+                    section: String::new(),
+                    name: "fields".into(),
+                    value: spec.clone(),
+                    line: 0,
+                    expected,
+                })?,
+            )
+        }
         None => None,
     };
     let shape = Shape {

@@ -108,14 +108,26 @@ fn destinations(asterisk: &Asterisk<'_>) -> HashMap<String, Row> {
     rows
 }
 
-/// Waits until every running destination has nothing waiting and nothing in flight.
+/// Waits until Asterisk has posted every CDR of the calls made (the count stays put for
+/// a second), then until every running destination has nothing waiting or in flight.
 fn wait_until_settled(asterisk: &Asterisk<'_>) -> HashMap<String, Row> {
     let deadline = Instant::now() + WAIT;
+    let mut received = asterisk.counter("Received");
+    loop {
+        sleep(Duration::from_secs(1));
+        let now = asterisk.counter("Received");
+        if now == received {
+            break;
+        }
+        received = now;
+        assert!(Instant::now() < deadline, "CDRs kept coming");
+    }
     loop {
         let rows = destinations(asterisk);
         let settled = !rows.is_empty()
             && rows.values().all(|row| {
-                row.state != "running" || (row.waiting == 0 && row.matched == row.delivered + row.failed)
+                row.state != "running"
+                    || (row.waiting == 0 && row.matched == row.delivered + row.failed)
             });
         if settled {
             return rows;
@@ -130,7 +142,10 @@ fn wait_until_settled(asterisk: &Asterisk<'_>) -> HashMap<String, Row> {
 }
 
 fn record_id(message: &Message) -> String {
-    message.header("record_id").expect("record_id header").to_string()
+    message
+        .header("record_id")
+        .expect("record_id header")
+        .to_string()
 }
 
 fn tag(record: &Value) -> Option<&str> {
@@ -180,31 +195,57 @@ fn routing_by_accountcode_and_missed_calls_to_templated_topics_with_filters() {
 
     let all = root.read_topic(&tansu.brokers(), "all");
     let records: Vec<Value> = all.iter().map(Message::json).collect();
-    assert!(records.len() >= 8, "every CDR on [global]'s topic: {}", records.len());
+    let ids: HashSet<String> = all.iter().map(record_id).collect();
+    assert_eq!(ids.len(), all.len(), "no record twice on 'all'");
+    assert!(
+        records.len() >= 8,
+        "every CDR on [global]'s topic: {}",
+        records.len()
+    );
     let tagged = |name: &str| records.iter().filter(|r| tag(r) == Some(name)).count();
-    for name in ["acme-answered", "acme-missed", "nobody-missed", "internal-answered"] {
-        assert_eq!(tagged(name), 1, "one CDR tagged {name} on 'all'");
+    for name in [
+        "acme-answered",
+        "acme-missed",
+        "nobody-missed",
+        "internal-answered",
+    ] {
+        // Setting the account code may split the call's CDR in two: both keep the tag.
+        assert!(tagged(name) >= 1, "a CDR tagged {name} on 'all'");
     }
 
     // Missed calls (never answered) to cdr.missed.<accountcode>, or the fallback.
     let acme = root.read_topic(&tansu.brokers(), "cdr.missed.acme");
     let unknown = root.read_topic(&tansu.brokers(), "cdr.missed.unknown");
     for message in acme.iter().chain(&unknown) {
-        assert!(message.json()["answer"].is_null(), "only missed calls: {}", message.payload);
+        assert!(
+            message.json()["answer"].is_null(),
+            "only missed calls: {}",
+            message.payload
+        );
     }
     assert!(acme.iter().all(|m| m.json()["accountcode"] == "acme"));
     assert!(unknown.iter().all(|m| m.json()["accountcode"] == ""));
     assert!(acme.iter().any(|m| tag(&m.json()) == Some("acme-missed")));
-    assert!(unknown.iter().any(|m| tag(&m.json()) == Some("nobody-missed")));
+    assert!(unknown
+        .iter()
+        .any(|m| tag(&m.json()) == Some("nobody-missed")));
     let missed_ids: HashSet<String> = acme.iter().chain(&unknown).map(record_id).collect();
     let expected_missed: HashSet<String> = all
         .iter()
         .filter(|m| m.json()["answer"].is_null())
         .map(record_id)
         .collect();
-    assert_eq!(missed_ids, expected_missed, "every missed call, once, nothing else");
+    assert_eq!(
+        missed_ids, expected_missed,
+        "every missed call, once, nothing else"
+    );
     assert_eq!(rows["missed"].matched as usize, missed_ids.len());
-    assert_eq!(rows["missed"].filtered as usize, records.len() - missed_ids.len());
+    // The module_start record is filtered too: [missed] takes CDRs only.
+    assert_eq!(
+        rows["missed"].filtered as usize,
+        records.len() - missed_ids.len() + 1,
+        "{rows:#?}"
+    );
 
     // Filters: all must hold.
     let external: Vec<Value> = root
@@ -216,7 +257,9 @@ fn routing_by_accountcode_and_missed_calls_to_templated_topics_with_filters() {
         .iter()
         .filter(|r| !r["answer"].is_null())
         .filter(|r| !tag(r).is_some_and(|t| t.starts_with("internal")))
-        .filter(|r| ["Hangup", "Wait", "Busy", "Answer"].contains(&r["lastapp"].as_str().unwrap_or("")))
+        .filter(|r| {
+            ["Hangup", "Wait", "Busy", "Answer"].contains(&r["lastapp"].as_str().unwrap_or(""))
+        })
         .collect();
     assert_eq!(external.len(), expected.len(), "external: {external:?}");
     assert!(external.iter().all(|r| tag(r) != Some("internal-answered")));
@@ -253,15 +296,31 @@ fn dialplan_skip_and_kafka_to_steer_single_cdrs_and_never_appear_in_them() {
         .flatten()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
         .collect();
-    let count = |records: &[Value], name: &str| records.iter().filter(|r| tag(r) == Some(name)).count();
-    assert_eq!(count(&kafka, "skipped") + count(&file, "skipped"), 0, "kafka_skip: nowhere");
-    assert_eq!(count(&kafka, "archive-only"), 0, "kafka_to = archive: not on Kafka");
-    assert_eq!(count(&file, "archive-only"), 1, "kafka_to = archive: in the file");
+    let count =
+        |records: &[Value], name: &str| records.iter().filter(|r| tag(r) == Some(name)).count();
+    assert_eq!(
+        count(&kafka, "skipped") + count(&file, "skipped"),
+        0,
+        "kafka_skip: nowhere"
+    );
+    assert_eq!(
+        count(&kafka, "archive-only"),
+        0,
+        "kafka_to = archive: not on Kafka"
+    );
+    assert_eq!(
+        count(&file, "archive-only"),
+        1,
+        "kafka_to = archive: in the file"
+    );
     assert_eq!((count(&kafka, "plain"), count(&file, "plain")), (1, 1));
     for record in kafka.iter().chain(&file) {
         assert!(record.get("kafka_to").is_none() && record.get("kafka_skip").is_none());
     }
-    assert_eq!(rows["global"].skipped, 1, "the kafka_to CDR counted as skipped by global");
+    assert_eq!(
+        rows["global"].skipped, 1,
+        "the kafka_to CDR counted as skipped by global"
+    );
     let status = asterisk.rx("cdr kafka show destinations");
     assert!(status.contains("sent nowhere (kafka_skip): 1"), "{status}");
 }
@@ -287,11 +346,18 @@ fn file_destination_rotates_by_lines_in_envelopes_that_match_the_schema() {
 
     let kafka = root.read_topic(&tansu.brokers(), "all");
     let files = file_lines(&dir);
-    assert!(files.len() >= 3, "rotated every 3 lines: {:?}", files.keys());
+    assert!(
+        files.len() >= 3,
+        "rotated every 3 lines: {:?}",
+        files.keys()
+    );
     for (name, lines) in &files {
         assert!(lines.len() <= 3, "{name} has {} lines", lines.len());
         if name != "cdr.jsonl" {
-            assert!(name.starts_with("cdr.jsonl.") && name.len() >= "cdr.jsonl.YYYYMMDD-HHMMSS".len(), "{name}");
+            assert!(
+                name.starts_with("cdr.jsonl.") && name.len() >= "cdr.jsonl.YYYYMMDD-HHMMSS".len(),
+                "{name}"
+            );
         }
     }
     let mut file_ids = Vec::new();
@@ -301,16 +367,28 @@ fn file_destination_rotates_by_lines_in_envelopes_that_match_the_schema() {
         schema::validate("cdr.snake_case.json", &envelope["record"])
             .unwrap_or_else(|e| panic!("{e}\n{line}"));
         assert_eq!(envelope["type"], "cdr");
-        assert!(envelope["record"].get("entity_id").is_some(), "snake_case keys");
-        file_ids.push(envelope["record_id"].as_str().expect("record_id").to_string());
+        assert!(
+            envelope["record"].get("entity_id").is_some(),
+            "snake_case keys"
+        );
+        file_ids.push(
+            envelope["record_id"]
+                .as_str()
+                .expect("record_id")
+                .to_string(),
+        );
     }
     let mut kafka_ids: Vec<String> = kafka.iter().map(record_id).collect();
     file_ids.sort();
     kafka_ids.sort();
-    assert_eq!(file_ids, kafka_ids, "the same records in the files as on Kafka, once each");
+    assert_eq!(
+        file_ids, kafka_ids,
+        "the same records in the files as on Kafka, once each"
+    );
     // Kafka's records are the contract, byte for byte what the schema says.
     for message in &kafka {
-        schema::validate("cdr.json", &message.json()).unwrap_or_else(|e| panic!("{e}\n{}", message.payload));
+        schema::validate("cdr.json", &message.json())
+            .unwrap_or_else(|e| panic!("{e}\n{}", message.payload));
     }
 }
 
@@ -331,9 +409,16 @@ fn kafka_down_then_the_file_takes_exactly_what_kafka_gave_up() {
     call(&asterisk, "plain");
     asterisk.wait_for_no_channels(WAIT);
     wait_until_settled(&asterisk);
-    let on_kafka: Vec<String> = root.read_topic(&tansu.brokers(), "all").iter().map(record_id).collect();
+    let on_kafka: Vec<String> = root
+        .read_topic(&tansu.brokers(), "all")
+        .iter()
+        .map(record_id)
+        .collect();
     assert!(on_kafka.len() >= 4, "Kafka up: it takes the records");
-    assert!(file_lines(&dir).values().flatten().next().is_none(), "Kafka took them: the file has none");
+    assert!(
+        file_lines(&dir).values().flatten().next().is_none(),
+        "Kafka took them: the file has none"
+    );
 
     tansu.kill();
     call(&asterisk, "acmebusy");
@@ -346,13 +431,30 @@ fn kafka_down_then_the_file_takes_exactly_what_kafka_gave_up() {
         .map(|line| serde_json::from_str(line).expect("JSON"))
         .collect();
     let tags: HashSet<&str> = in_file.iter().filter_map(tag).collect();
-    assert!(tags.contains("acme-missed") && tags.contains("nobody-missed"), "{tags:?}");
-    assert!(!tags.contains("acme-answered") && !tags.contains("plain"), "{tags:?}");
-    assert_eq!(rows["global"].failed as usize, in_file.len(), "each record Kafka gave up is in the file");
+    assert!(
+        tags.contains("acme-missed") && tags.contains("nobody-missed"),
+        "{tags:?}"
+    );
+    assert!(
+        !tags.contains("acme-answered") && !tags.contains("plain"),
+        "{tags:?}"
+    );
+    assert_eq!(
+        rows["global"].failed as usize,
+        in_file.len(),
+        "each record Kafka gave up is in the file"
+    );
     assert_eq!(rows["archive"].delivered as usize, in_file.len());
-    assert_eq!(rows["archive"].skipped as usize, on_kafka.len(), "what Kafka took never went to the file");
+    assert_eq!(
+        rows["archive"].skipped as usize,
+        on_kafka.len(),
+        "what Kafka took never went to the file"
+    );
     let dead_letters = root.spool().join("dead-letter.jsonl");
-    assert!(!dead_letters.exists() || fs::read_to_string(&dead_letters).unwrap().is_empty(), "no final failure");
+    assert!(
+        !dead_letters.exists() || fs::read_to_string(&dead_letters).unwrap().is_empty(),
+        "no final failure"
+    );
 }
 
 #[test]
@@ -390,13 +492,26 @@ fn syslog_gets_acc_lines_and_the_module_start_and_stop_records() {
         .iter()
         .map(|l| l.split_once(": ").map_or("", |(_, body)| body))
         .collect();
-    assert!(bodies.first().is_some_and(|b| b.starts_with("type=module_start;")), "{bodies:#?}");
-    assert!(bodies.last().is_some_and(|b| b.starts_with("type=module_stop;")), "{bodies:#?}");
+    assert!(
+        bodies
+            .first()
+            .is_some_and(|b| b.starts_with("type=module_start;")),
+        "{bodies:#?}"
+    );
+    assert!(
+        bodies
+            .last()
+            .is_some_and(|b| b.starts_with("type=module_stop;")),
+        "{bodies:#?}"
+    );
     let answered = bodies
         .iter()
         .find(|b| b.contains("tag=acme-answered"))
         .expect("the answered call");
-    assert!(answered.starts_with("ACC: call answered: clid="), "{answered}");
+    assert!(
+        answered.starts_with("ACC: call answered: clid="),
+        "{answered}"
+    );
     assert!(answered.contains(";accountcode=acme;"), "{answered}");
     let missed = bodies
         .iter()
@@ -405,7 +520,10 @@ fn syslog_gets_acc_lines_and_the_module_start_and_stop_records() {
     assert!(missed.starts_with("ACC: call missed: "), "{missed}");
     assert!(missed.contains(";answer=;"), "{missed}");
     let stop = bodies.last().unwrap();
-    assert!(stop.contains("config_digest=crc32:") && stop.contains("spool_depth="), "{stop}");
+    assert!(
+        stop.contains("config_digest=crc32:") && stop.contains("spool_depth="),
+        "{stop}"
+    );
 }
 
 /// An HTTP server on 127.0.0.1 answering 500 to the first request and 200 after;
@@ -445,7 +563,10 @@ fn flaky_http_server() -> (u16, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
             let answer = if first {
                 "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             } else {
-                accepted_in.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                accepted_in
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
                 "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             };
             let _ = stream.write_all(answer.as_bytes());
@@ -472,7 +593,11 @@ fn http_destination_retries_a_500_and_delivers_each_record_once() {
     asterisk.wait_for_no_channels(WAIT);
     let rows = wait_until_settled(&asterisk);
     assert!(*requests.lock().unwrap() >= 2, "the 500 was tried again");
-    let kafka_ids: HashSet<String> = root.read_topic(&tansu.brokers(), "all").iter().map(record_id).collect();
+    let kafka_ids: HashSet<String> = root
+        .read_topic(&tansu.brokers(), "all")
+        .iter()
+        .map(record_id)
+        .collect();
     let mut http_ids = Vec::new();
     for body in accepted.lock().unwrap().iter() {
         for line in body.lines() {
@@ -513,18 +638,28 @@ fn disabled_destination_catches_up_when_enabled_with_nothing_lost_or_doubled() {
     let out = asterisk.rx("cdr kafka destination disable nosuch");
     assert!(out.contains("no destination 'nosuch'"), "{out}");
 
-    let kafka: Vec<String> = root.read_topic(&tansu.brokers(), "all").iter().map(record_id).collect();
+    let kafka: Vec<String> = root
+        .read_topic(&tansu.brokers(), "all")
+        .iter()
+        .map(record_id)
+        .collect();
     let file: Vec<String> = file_lines(&dir)
         .values()
         .flatten()
         .map(|line| {
             let record: Value = serde_json::from_str(line).expect("JSON");
-            record["linkedid"].as_str().unwrap_or("").to_string() + "/" + &record["sequence"].to_string()
+            record["linkedid"].as_str().unwrap_or("").to_string()
+                + "/"
+                + &record["sequence"].to_string()
         })
         .collect();
     let unique: HashSet<&String> = file.iter().collect();
     assert_eq!(unique.len(), file.len(), "nothing doubled in the file");
-    assert_eq!(file.len(), kafka.len(), "the file has every record Kafka has");
+    assert_eq!(
+        file.len(),
+        kafka.len(),
+        "the file has every record Kafka has"
+    );
     assert_eq!(file.len(), 900);
     assert!(lines_while_disabled < 900);
 }
