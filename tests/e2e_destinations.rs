@@ -526,9 +526,12 @@ fn syslog_gets_acc_lines_and_the_module_start_and_stop_records() {
     );
 }
 
+/// What the test's HTTP server saw: the bodies it accepted, and how many requests came.
+type Seen = (Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>);
+
 /// An HTTP server on 127.0.0.1 answering 500 to the first request and 200 after;
-/// returns its port and the bodies it accepted.
-fn flaky_http_server() -> (u16, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+/// returns its port and what it saw.
+fn flaky_http_server() -> (u16, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
     let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -572,7 +575,7 @@ fn flaky_http_server() -> (u16, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
             let _ = stream.write_all(answer.as_bytes());
         }
     });
-    (port, accepted, requests)
+    (port, (accepted, requests))
 }
 
 #[test]
@@ -581,7 +584,7 @@ fn http_destination_retries_a_500_and_delivers_each_record_once() {
     let root = Root::from_env();
     let tansu = Tansu::start();
     tansu.create_topic("all");
-    let (port, accepted, requests) = flaky_http_server();
+    let (port, (accepted, requests)) = flaky_http_server();
     let conf = format!(
         "[global]\nbrokers = {}\ntopic = all\n\n\
          [billing]\ntype = http\nurl = http://127.0.0.1:{port}/cdr\nheader = X-Pbx: e2e\ntimeout_ms = 2000\nformat = envelope\n",
