@@ -666,3 +666,119 @@ fn disabled_destination_catches_up_when_enabled_with_nothing_lost_or_doubled() {
     assert_eq!(file.len(), 900);
     assert!(lines_while_disabled < 900);
 }
+
+/// res_prometheus and what it needs loaded (its PJSIP metrics link against res_pjsip).
+const PROMETHEUS_MODULES: &str = "load => res_sorcery_config.so
+load => res_sorcery_memory.so
+load => res_sorcery_astdb.so
+load => res_pjproject.so
+load => res_pjsip.so
+load => res_prometheus.so
+";
+
+/// GET `path` from Asterisk's HTTP server on 127.0.0.1:`port`; the body.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .expect("connect to Asterisk's HTTP server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line[series.len()..].trim().parse().ok())
+}
+
+#[test]
+fn prometheus_scrape_through_asterisks_http_server_shows_each_destinations_counters() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    tansu.create_topic("missed");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let etc = root.path.join("etc/asterisk");
+    fs::write(
+        etc.join("http.conf"),
+        format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {port}\n"),
+    )
+    .expect("http.conf");
+    fs::write(
+        etc.join("prometheus.conf"),
+        "[general]\nenabled = yes\nuri = metrics\n",
+    )
+    .expect("prometheus.conf");
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\n\n[missed]\ntype = kafka\ntopic = missed\nmissed = only\n",
+        tansu.brokers()
+    );
+    let asterisk = Asterisk::start_with_modules(&root, &conf, TZ, PROMETHEUS_MODULES);
+    asterisk.add_dialplan(ROUTING_DIALPLAN);
+    asterisk.load_module();
+    call(&asterisk, "acme");
+    call(&asterisk, "nobody");
+    asterisk.wait_for_no_channels(WAIT);
+    let rows = wait_until_settled(&asterisk);
+    let text = http_get(port, "/metrics");
+    let _ = fs::write(etc.join("http.conf"), "[general]\nenabled = no\n");
+
+    let series = |name: &str, destination: &str, kind: &str| {
+        format!("asterisk_cdr_kafka_destination_{name}{{destination=\"{destination}\",type=\"{kind}\"}}")
+    };
+    for (destination, row) in [("global", &rows["global"]), ("missed", &rows["missed"])] {
+        let delivered = metric(
+            &text,
+            &series("records_delivered_total", destination, "kafka"),
+        );
+        assert_eq!(
+            delivered,
+            Some(row.delivered as f64),
+            "{destination}:\n{text}"
+        );
+        let filtered = metric(
+            &text,
+            &series("records_filtered_total", destination, "kafka"),
+        );
+        assert_eq!(
+            filtered,
+            Some(row.filtered as f64),
+            "{destination}:\n{text}"
+        );
+        let count = metric(
+            &text,
+            &series("delivery_latency_seconds_count", destination, "kafka"),
+        );
+        assert_eq!(
+            count,
+            Some(row.delivered as f64),
+            "one latency per delivery:\n{text}"
+        );
+    }
+    assert!(rows["missed"].filtered > 0 && rows["missed"].delivered > 0);
+    let received = metric(&text, "asterisk_cdr_kafka_records_received_total");
+    assert_eq!(
+        received,
+        Some(asterisk.counter("Received") as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "asterisk_cdr_kafka_spool_depth_records").is_some(),
+        true,
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE asterisk_cdr_kafka_destination_delivery_latency_seconds histogram")
+    );
+}
