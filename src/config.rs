@@ -476,6 +476,7 @@ pub fn parse(
             })?;
         settings.destinations.push(destination);
     }
+    refuse_shared_files(&settings.destinations)?;
     limit_message_timeouts(&mut settings);
     Ok(settings)
 }
@@ -575,6 +576,26 @@ fn build_producer(
             .or_insert_with(|| default.to_string());
     }
     Ok(kafka)
+}
+
+/// Two file destinations on one path would interleave and rotate each other's lines.
+fn refuse_shared_files(destinations: &[DestinationSettings]) -> Result<(), ConfigError> {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for destination in destinations {
+        let Some(path) = destination.option("path") else {
+            continue;
+        };
+        let value = path.value.trim();
+        if let Some((other, _)) = seen.iter().find(|(_, p)| *p == value) {
+            return Err(bad_value(
+                CONFIG_FILE,
+                path,
+                &format!("[{other}] writes to this file already: give each file destination its own path"),
+            ));
+        }
+        seen.push((&destination.name, value));
+    }
+    Ok(())
 }
 
 /// A destination that gives up on records after `give_up_after_ms` needs its producer

@@ -180,8 +180,12 @@ pub fn build(
     rules.give_up_after = routing.give_up_after;
     rules.stack = stack.and_then(|stack| Some((Arc::clone(stack), stack.index_of(name)?)));
     let identity = (identity.entity_id.as_str(), identity.system_name.as_str());
-    rules.shaper =
-        crate::shaping::shaper(settings, kind, routing, identity).map_err(BuildError::Config)?;
+    rules.shaper = crate::shaping::shaper(settings, kind, routing, identity).map_err(|error| {
+        BuildError::Open {
+            name: name.to_string(),
+            error,
+        }
+    })?;
     Ok((destination, rules))
 }
 

@@ -4,11 +4,11 @@
 
 use chrono::{Local, TimeZone, Utc};
 
-use crate::config::{ConfigError, DestinationType, OutputFormat, Routing, Settings, CONFIG_FILE};
+use crate::config::{DestinationType, OutputFormat, Routing, Settings};
 use crate::delivery::feeder::Shaper;
 use crate::delivery::log::{RecordKind, StoredRecord};
 use crate::routing::fields::Fields;
-use crate::shape::{FieldPick, Format, Meta, Normalize, Shape};
+use crate::shape::{Format, Meta, Normalize, Shape};
 
 /// acc_syslog's words before a CDR written as `kv` to syslog.
 const ACC_ANSWERED: &[u8] = b"ACC: call answered: ";
@@ -79,20 +79,11 @@ pub fn shaper(
     kind: DestinationType,
     routing: &Routing,
     identity: (&str, &str),
-) -> Result<Option<Box<dyn Shaper>>, ConfigError> {
+) -> Result<Option<Box<dyn Shaper>>, String> {
     let output = &routing.output;
     let fields = match &output.fields {
         Some(spec) => {
-            Some(
-                Shape::parse_fields(spec).map_err(|expected| ConfigError::BadValue {
-                    file: CONFIG_FILE,
-                    section: String::new(),
-                    name: "fields".into(),
-                    value: spec.clone(),
-                    line: 0,
-                    expected,
-                })?,
-            )
+            Some(Shape::parse_fields(spec).map_err(|error| format!("fields = '{spec}': {error}"))?)
         }
         None => None,
     };
@@ -102,7 +93,7 @@ pub fn shaper(
             OutputFormat::Envelope => Format::Envelope,
             OutputFormat::Kv => Format::Kv,
         },
-        fields: fields.map(|picks: Vec<FieldPick>| picks),
+        fields,
         normalize: if output.snake_case {
             Normalize::SnakeCase
         } else {
@@ -110,6 +101,7 @@ pub fn shaper(
         },
         pretty: output.pretty,
     };
+    shape.validate()?;
     let acc_prefix = kind == DestinationType::Syslog && output.format == OutputFormat::Kv;
     if shape.is_identity() && !acc_prefix {
         return Ok(None);

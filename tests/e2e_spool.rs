@@ -77,10 +77,16 @@ fn torn_tail_and_flipped_bit_are_reported_and_the_rest_is_delivered() {
     // A crash mid-write leaves the last entry short; a disk error flips a bit.
     let segment = fullest_segment(&root);
     let offsets = entry_offsets(&segment);
-    assert_eq!(offsets.len(), received, "one entry per CDR");
+    // The module's start and stop records frame the CDRs.
+    assert_eq!(
+        offsets.len(),
+        received + 2,
+        "one entry per CDR, and the two control records"
+    );
     let mut data = fs::read(&segment).unwrap();
-    data.truncate(data.len() - 10);
-    data[offsets[1] + 40] ^= 0x04;
+    // The last CDR torn (the stop record after it gone too), the second CDR's bit flipped.
+    data.truncate(offsets[received + 1] - 10);
+    data[offsets[2] + 40] ^= 0x04;
     fs::write(&segment, &data).unwrap();
 
     let tansu = Tansu::start();

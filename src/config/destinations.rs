@@ -535,6 +535,10 @@ format = envelope
             ),
             ("[cel]\ntype = kafka", "unknown option"),
             ("[a b]\ntype = kafka", "section name must be"),
+            (
+                "[a]\ntype = file\npath = /x\n[b]\ntype = file\npath = /x",
+                "[b] path = '/x' (line 8): [a] writes to this file already",
+            ),
         ];
         for (section, expected) in cases {
             let text = format!("[global]\nbrokers = k:9092\n{section}\n");

@@ -176,6 +176,9 @@ pub struct Feeder {
     read_error_log: RateLimit,
     dead_letter_log: RateLimit,
     rules: Rules,
+    /// When the destination was last rebuilt.
+    last_rebuild: Option<Instant>,
+    broke_log: RateLimit,
     /// Failures waiting for the stack's verdict (coupled stacks only).
     held: Vec<u64>,
     /// The cursor stopped at a record the stack has no answer for yet.
@@ -220,6 +223,8 @@ impl Feeder {
             read_error_log: RateLimit::new(10),
             dead_letter_log: RateLimit::new(10),
             rules,
+            last_rebuild: None,
+            broke_log: RateLimit::new(10),
             held: Vec::new(),
             waiting_on_stack: false,
             retrying: false,
@@ -311,13 +316,22 @@ impl Feeder {
 
     fn rebuild(&mut self, reason: &str) {
         if self.next_rebuild.is_none() {
-            ast_log!(
-                Error,
-                "destination '{}' broke, rebuilding it (its records wait in the spool): {reason}",
-                self.destination.name()
-            );
+            if let Some(held) = self.broke_log.check() {
+                ast_log!(
+                    Error,
+                    "destination '{}' broke, rebuilding it (its records wait in the spool): {reason}{}",
+                    self.destination.name(),
+                    suppressed_note(held)
+                );
+            }
             self.stats.set_last_error(reason.to_string());
             DestinationStats::add(&self.stats.rebuilds, 1);
+            // Broken again right after a rebuild (a full disk): wait the pause first.
+            if let Some(last) = self.last_rebuild {
+                if last.elapsed() < REBUILD_PAUSE {
+                    self.next_rebuild = Some(last + REBUILD_PAUSE);
+                }
+            }
         }
         if self.next_rebuild.is_some_and(|at| Instant::now() < at) {
             return;
@@ -325,6 +339,7 @@ impl Feeder {
         match self.destination.rebuild() {
             Ok(()) => {
                 self.next_rebuild = None;
+                self.last_rebuild = Some(Instant::now());
                 // Whatever it held may or may not have arrived: offered again.
                 self.retries.clear();
                 let from = self.ledger.state().watermark;
