@@ -43,7 +43,9 @@
 //! `flock /var/tmp/cdrk/root.lock cargo bench --bench asterisk_cpu` (one Asterisk per root);
 //! needs CDR_KAFKA_ROOT, CDR_KAFKA_MODULE and CDR_KAFKA_TANSU like the end-to-end tests.
 //! CDR_KAFKA_BENCH_CALLS (default 2,000) per round, CDR_KAFKA_BENCH_ROUNDS (default 5) of
-//! each mode and pattern; CDR_KAFKA_BENCH_QUICK=1: one round of 200 calls, 2 s of idle.
+//! each mode and pattern; CDR_KAFKA_BENCH_QUICK=1: one round of 200 calls, 2 s of idle;
+//! CDR_KAFKA_BENCH_DESTINATIONS=3: two more destinations (a filtered Kafka topic on the
+//! same producer, a file of envelopes).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -57,6 +59,20 @@ use std::time::{Duration, Instant};
 use support::{cdr_kafka_conf, one_asterisk, Asterisk, Manager, Root, Tansu, CDRS_PER_CALL};
 
 const TOPIC: &str = "asterisk_cpu";
+const COPY_TOPIC: &str = "asterisk_cpu_copy";
+/// The destinations besides [global] of CDR_KAFKA_BENCH_DESTINATIONS=3.
+const THREE_DESTINATIONS: &str = "
+[copy]
+type = kafka
+topic = asterisk_cpu_copy
+filter = dcontext != internal
+
+[archive]
+type = file
+path = /var/log/asterisk/cdrk-bench/cdr.jsonl
+rotate = S100m
+format = envelope
+";
 /// What the module may add per CDR, and per second when idle (the module's own threads).
 const TARGET_US: f64 = 10.0;
 const TARGET_IDLE_MS: f64 = 1.0;
@@ -270,6 +286,8 @@ struct Bench<'a, 'r> {
     loaded: bool,
     /// CDRs the module should have counted since it was last loaded.
     since_load: usize,
+    /// Destinations each CDR is delivered to.
+    destinations: usize,
 }
 
 impl Bench<'_, '_> {
@@ -329,12 +347,18 @@ impl Bench<'_, '_> {
         let wait = Duration::from_secs(60);
         let want = self.since_load;
         let received = self.asterisk.wait_for_counter("Received", want, wait);
-        let delivered = self.asterisk.wait_for_counter("Delivered", want, wait);
+        let deliveries = want * self.destinations;
+        let delivered = self
+            .asterisk
+            .wait_for_counter("Delivered", deliveries, wait);
         assert_eq!(
             received, want,
             "CDRs received since the load: {CDRS_PER_CALL} per call"
         );
-        assert_eq!(delivered, want, "CDRs delivered since the load");
+        assert_eq!(
+            delivered, deliveries,
+            "CDRs delivered since the load, to each destination"
+        );
     }
 
     /// Before any round: warms both modes up (not counted) and checks, with the module,
@@ -610,9 +634,18 @@ fn main() {
     let _one = one_asterisk();
     // CDR_KAFKA_BENCH_CONF adds lines to cdr_kafka.conf (e.g. "linger_ms = 200"), to
     // compare settings on the same load.
-    let extra = std::env::var("CDR_KAFKA_BENCH_CONF")
+    let mut destinations = 1;
+    let mut extra = std::env::var("CDR_KAFKA_BENCH_CONF")
         .map(|lines| lines.replace("\\n", "\n") + "\n")
         .unwrap_or_default();
+    // CDR_KAFKA_BENCH_DESTINATIONS=3: every CDR also to a second Kafka topic (on the
+    // [global] producer, through a filter) and to a file in envelopes.
+    if std::env::var("CDR_KAFKA_BENCH_DESTINATIONS").is_ok_and(|n| n.trim() == "3") {
+        tansu.create_topic(COPY_TOPIC);
+        let _ = fs::remove_dir_all(root.path.join("var/log/asterisk/cdrk-bench"));
+        extra.push_str(THREE_DESTINATIONS);
+        destinations = 3;
+    }
     let conf = cdr_kafka_conf(&tansu.brokers(), TOPIC, &extra);
     let asterisk = Asterisk::start(&root, &conf, "UTC");
     let version = asterisk.rx("core show version");
@@ -622,6 +655,7 @@ fn main() {
         calls,
         loaded: false,
         since_load: 0,
+        destinations,
     };
     println!(
         "## Asterisk CPU per CDR on real calls, cdr_kafka loaded minus not loaded: {rounds} round(s) \
@@ -630,7 +664,7 @@ fn main() {
         if extra.trim().is_empty() {
             String::new()
         } else {
-            format!(" but {}", extra.trim().replace('\n', ", "))
+            format!(" but {}", extra.trim().replace("\n\n", "; ").replace('\n', ", "))
         },
         version.lines().next().unwrap_or("Asterisk").trim(),
         common::machine()

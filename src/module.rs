@@ -547,18 +547,7 @@ impl Running {
         put("spool_depth", depth.into());
         // serde_json's map keeps keys sorted; the control record's order is the
         // documented one, so it is written field by field.
-        let order = [
-            "type",
-            "module_version",
-            "asterisk_version",
-            "entity_id",
-            "system_name",
-            "hostname",
-            "time",
-            "config_digest",
-            "counters",
-            "spool_depth",
-        ];
+        let order = config::CONTROL_FIELDS;
         let mut payload = Vec::with_capacity(512);
         payload.push(b'{');
         for name in order {

@@ -141,6 +141,37 @@ fn wait_until_settled(asterisk: &Asterisk<'_>) -> HashMap<String, Row> {
     }
 }
 
+/// The keys of a JSON object line, in the order written.
+fn ordered_keys(line: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut depth = 0;
+    let mut chars = line.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            '"' => {
+                let start = at + 1;
+                let mut end = start;
+                while let Some((i, c)) = chars.next() {
+                    if c == '\\' {
+                        chars.next();
+                    } else if c == '"' {
+                        end = i;
+                        break;
+                    }
+                }
+                let is_key = line[end + 1..].trim_start().starts_with(':');
+                if depth == 1 && is_key {
+                    keys.push(line[start..end].to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    keys
+}
+
 fn record_id(message: &Message) -> String {
     message
         .header("record_id")
@@ -177,13 +208,23 @@ fn routing_by_accountcode_and_missed_calls_to_templated_topics_with_filters() {
     let _one = lock();
     let root = Root::from_env();
     let tansu = Tansu::start();
-    for topic in ["all", "cdr.missed.acme", "cdr.missed.unknown", "external"] {
+    for topic in [
+        "all",
+        "cdr.missed.acme",
+        "cdr.missed.unknown",
+        "external",
+        "bydisp.ANSWERED",
+        "bydisp.BUSY",
+        "bydisp.NO_ANSWER",
+        "bydisp.other",
+    ] {
         tansu.create_topic(topic);
     }
     let conf = format!(
         "[global]\nbrokers = {}\ntopic = all\n\n\
          [missed]\ntype = kafka\ntopic = cdr.missed.${{accountcode}}\ntopic_fallback = cdr.missed.unknown\nmissed = only\n\n\
-         [external]\ntype = kafka\ntopic = external\nmissed = exclude\nfilter = CDR(tag) !~ ^internal\nfilter = lastapp in Hangup,Wait,Busy,Answer\n",
+         [external]\ntype = kafka\ntopic = external\nmissed = exclude\nfilter = CDR(tag) !~ ^internal\nfilter = lastapp in Hangup,Wait,Busy,Answer\n\n\
+         [bydisp]\ntype = kafka\ntopic = bydisp.${{disposition}}\ntopic_fallback = bydisp.other\n",
         tansu.brokers()
     );
     let asterisk = start(&root, &conf);
@@ -265,6 +306,33 @@ fn routing_by_accountcode_and_missed_calls_to_templated_topics_with_filters() {
     assert!(external.iter().all(|r| tag(r) != Some("internal-answered")));
     assert!(external.iter().any(|r| tag(r) == Some("acme-answered")));
     assert_eq!(rows["external"].kind, "kafka");
+
+    // Routed by disposition: "NO ANSWER" becomes NO_ANSWER in the topic's name.
+    let mut by_disposition = 0;
+    for disposition in ["ANSWERED", "BUSY", "NO ANSWER"] {
+        let topic = format!("bydisp.{}", disposition.replace(' ', "_"));
+        let messages = root.read_topic(&tansu.brokers(), &topic);
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.json()["disposition"] == disposition),
+            "{topic}"
+        );
+        by_disposition += messages.len();
+    }
+    let expected_dispositions = records
+        .iter()
+        .filter(|r| {
+            ["ANSWERED", "BUSY", "NO ANSWER"].contains(&r["disposition"].as_str().unwrap_or(""))
+        })
+        .count();
+    assert_eq!(by_disposition, expected_dispositions);
+    let other = root.read_topic(&tansu.brokers(), "bydisp.other").len();
+    assert_eq!(
+        by_disposition + other,
+        records.len(),
+        "every CDR on one bydisp topic"
+    );
 }
 
 #[test]
@@ -275,9 +343,12 @@ fn dialplan_skip_and_kafka_to_steer_single_cdrs_and_never_appear_in_them() {
     tansu.create_topic("all");
     let dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-to");
     let conf = format!(
-        "[global]\nbrokers = {}\ntopic = all\n\n[archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-to/cdr.jsonl\n",
+        "[global]\nbrokers = {}\ntopic = all\n\n\
+         [archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-to/cdr.jsonl\nrotate = S1k\n\n\
+         [short]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-short/cdr.jsonl\nfields = start,src,dst,billsec:duration,CDR(tag):tag\n",
         tansu.brokers()
     );
+    let short_dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-short");
     let asterisk = start(&root, &conf);
     for exten in ["skip", "archiveonly", "plain"] {
         call(&asterisk, exten);
@@ -323,6 +394,33 @@ fn dialplan_skip_and_kafka_to_steer_single_cdrs_and_never_appear_in_them() {
     );
     let status = asterisk.rx("cdr kafka show destinations");
     assert!(status.contains("sent nowhere (kafka_skip): 1"), "{status}");
+
+    // rotate = S1k: no file past 1,024 bytes, and every record in one of them.
+    assert!(files.len() >= 2, "rotated by size: {:?}", files.keys());
+    for (name, lines) in &files {
+        let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+        assert!(bytes <= 1024 || lines.len() == 1, "{name}: {bytes} bytes");
+    }
+    // fields = ...: chosen, ordered and renamed.
+    let short = file_lines(&short_dir);
+    let short: Vec<&String> = short.values().flatten().collect();
+    assert_eq!(
+        short.len(),
+        kafka.len(),
+        "[short] takes every CDR [global] takes"
+    );
+    for line in &short {
+        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(line)
+            .map(|_| ())
+            .map_or_else(|e| panic!("{e}: {line}"), |_| ordered_keys(line));
+        let expected = ["start", "src", "dst", "duration"];
+        assert_eq!(&keys[..4], expected, "{line}");
+        assert!(
+            keys.len() == 4 || (keys.len() == 5 && keys[4] == "tag"),
+            "{line}"
+        );
+    }
+    assert!(short.iter().any(|line| line.contains("\"tag\":\"plain\"")));
 }
 
 #[test]
@@ -529,8 +627,8 @@ fn syslog_gets_acc_lines_and_the_module_start_and_stop_records() {
 /// What the test's HTTP server saw: the bodies it accepted, and how many requests came.
 type Seen = (Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>);
 
-/// An HTTP server on 127.0.0.1 answering 500 to the first request and 200 after;
-/// returns its port and what it saw.
+/// An HTTP server on 127.0.0.1 that leaves the first request unanswered, answers 500 to
+/// the second and 200 after; returns its port and what it saw.
 fn flaky_http_server() -> (u16, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
@@ -558,12 +656,16 @@ fn flaky_http_server() -> (u16, Seen) {
             if reader.read_exact(&mut body).is_err() {
                 continue;
             }
-            let first = {
+            let number = {
                 let mut n = requests_in.lock().unwrap();
                 *n += 1;
-                *n == 1
+                *n
             };
-            let answer = if first {
+            let answer = if number == 1 {
+                // No answer within the destination's timeout_ms.
+                sleep(Duration::from_millis(2500));
+                continue;
+            } else if number == 2 {
                 "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             } else {
                 accepted_in
@@ -579,7 +681,7 @@ fn flaky_http_server() -> (u16, Seen) {
 }
 
 #[test]
-fn http_destination_retries_a_500_and_delivers_each_record_once() {
+fn http_destination_retries_a_timeout_and_a_500_and_delivers_each_record_once() {
     let _one = lock();
     let root = Root::from_env();
     let tansu = Tansu::start();
@@ -587,7 +689,7 @@ fn http_destination_retries_a_500_and_delivers_each_record_once() {
     let (port, (accepted, requests)) = flaky_http_server();
     let conf = format!(
         "[global]\nbrokers = {}\ntopic = all\n\n\
-         [billing]\ntype = http\nurl = http://127.0.0.1:{port}/cdr\nheader = X-Pbx: e2e\ntimeout_ms = 2000\nformat = envelope\n",
+         [billing]\ntype = http\nurl = http://127.0.0.1:{port}/cdr\nheader = X-Pbx: e2e\ntimeout_ms = 1000\nformat = envelope\n",
         tansu.brokers()
     );
     let asterisk = start(&root, &conf);
@@ -595,7 +697,10 @@ fn http_destination_retries_a_500_and_delivers_each_record_once() {
     call(&asterisk, "plain");
     asterisk.wait_for_no_channels(WAIT);
     let rows = wait_until_settled(&asterisk);
-    assert!(*requests.lock().unwrap() >= 2, "the 500 was tried again");
+    assert!(
+        *requests.lock().unwrap() >= 3,
+        "the timeout and the 500 were tried again"
+    );
     let kafka_ids: HashSet<String> = root
         .read_topic(&tansu.brokers(), "all")
         .iter()
@@ -721,9 +826,11 @@ fn prometheus_scrape_through_asterisks_http_server_shows_each_destinations_count
     )
     .expect("prometheus.conf");
     let conf = format!(
-        "[global]\nbrokers = {}\ntopic = all\n\n[missed]\ntype = kafka\ntopic = missed\nmissed = only\n",
+        "[global]\nbrokers = {}\ntopic = all\n\n[missed]\ntype = kafka\ntopic = missed\nmissed = only\n\n\
+         [ctl]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-ctl/ctl.jsonl\nrecords = control\n",
         tansu.brokers()
     );
+    let ctl_dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-ctl");
     let asterisk = Asterisk::start_with_modules(&root, &conf, TZ, PROMETHEUS_MODULES);
     asterisk.add_dialplan(ROUTING_DIALPLAN);
     asterisk.load_module();
@@ -780,4 +887,19 @@ fn prometheus_scrape_through_asterisks_http_server_shows_each_destinations_count
     assert!(
         text.contains("# TYPE asterisk_cdr_kafka_destination_delivery_latency_seconds histogram")
     );
+
+    // The module's own start and stop records, as real Asterisk made them, match the schema.
+    let received = asterisk.counter("Received");
+    let out = asterisk.rx("module unload cdr_kafka.so");
+    assert!(out.contains("Unloaded"), "{out}");
+    let lines: Vec<String> = file_lines(&ctl_dir).into_values().flatten().collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    for (line, kind) in lines.iter().zip(["module_start", "module_stop"]) {
+        let record: Value = serde_json::from_str(line).expect("JSON");
+        schema::validate("control.json", &record).unwrap_or_else(|e| panic!("{e}\n{line}"));
+        assert_eq!(record["type"], kind);
+    }
+    let stop: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(stop["counters"]["received"], received);
+    assert_eq!(stop["module_version"], env!("CARGO_PKG_VERSION"));
 }

@@ -420,14 +420,7 @@ impl Feeder {
                         }
                         Err(error) => {
                             self.refusals.push_front((seq, reason));
-                            if let Some(held) = self.dead_letter_log.check() {
-                                ast_log!(
-                                    Error,
-                                    "cannot write {} (the record stays in the spool): {error}{}",
-                                    self.dead_letters.path().display(),
-                                    suppressed_note(held)
-                                );
-                            }
+                            self.dead_letter_failed(&error);
                             return;
                         }
                     }
@@ -501,14 +494,7 @@ impl Feeder {
                         Err(error) => {
                             stack.unclaim(seq);
                             still_held.push(seq);
-                            if let Some(held) = self.dead_letter_log.check() {
-                                ast_log!(
-                                    Error,
-                                    "cannot write {} (the record stays in the spool): {error}{}",
-                                    self.dead_letters.path().display(),
-                                    suppressed_note(held)
-                                );
-                            }
+                            self.dead_letter_failed(&error);
                         }
                     }
                 }
@@ -556,6 +542,17 @@ impl Feeder {
             }
         }
         Admit::Offer
+    }
+
+    fn dead_letter_failed(&self, error: &dyn std::fmt::Display) {
+        if let Some(held) = self.dead_letter_log.check() {
+            ast_log!(
+                Error,
+                "cannot write {} (the record stays in the spool): {error}{}",
+                self.dead_letters.path().display(),
+                suppressed_note(held)
+            );
+        }
     }
 
     fn read_failed(&mut self, error: &std::io::Error) {
