@@ -16,7 +16,7 @@ use crate::routing::RecordKinds;
 mod destinations;
 pub use destinations::{
     known_field, DestinationSettings, DestinationType, Output, OutputFormat, Routing,
-    COMMON_OPTIONS, CONTROL_FIELDS,
+    COMMON_OPTIONS, CONTROL_FIELDS, DESTINATION_OPTIONS,
 };
 
 pub const CONFIG_FILE: &str = "cdr_kafka.conf";
@@ -38,13 +38,16 @@ pub struct Entry {
     pub line: i32,
 }
 
-/// An option of `[global]`, as documented.
+/// An option of a section of cdr_kafka.conf, as documented.
 pub struct OptionDoc {
     pub name: &'static str,
     /// The default as written in the docs; empty when there is none.
     pub default: &'static str,
     /// The librdkafka property it sets, when it is a producer setting.
     pub librdkafka: Option<&'static str>,
+    /// Of a destination section's option: the types that take it (`all`, `kafka`,
+    /// `file`, `syslog` or `http`); empty for `[global]` and `[cel]`.
+    pub types: &'static str,
     pub summary: &'static str,
 }
 
@@ -58,6 +61,7 @@ const fn option(
         name,
         default,
         librdkafka,
+        types: "",
         summary,
     }
 }
@@ -76,11 +80,21 @@ const RES_KAFKA_DEFAULT_BROKERS: &str = "localhost:9092";
 pub const OPTIONS: &[OptionDoc] = &[
     option("connection", "", None, "Name of a `type = connection` section of kafka.conf (res_kafka's file) to take the producer settings from; options set here override it."),
     option("brokers", "", Some("bootstrap.servers"), "Comma-separated `host:port` list of Kafka brokers. Required unless `connection` names them."),
-    option("topic", DEFAULT_TOPIC, None, "Kafka topic the CDRs are published to."),
+    option("topic", DEFAULT_TOPIC, None, "Kafka topic the CDRs are published to. May be a template such as `cdr.${accountcode}` or `cdr.${CDR(tenant)}`: characters a topic cannot hold become `_`; a named value that is empty or absent sends the record to `topic_fallback`."),
+    option("topic_fallback", "", None, "With a template `topic`: the topic of a record whose named value is empty or absent. Empty: asterisk_cdr."),
     option("key", "", None, "CDR field whose value is the message key: linkedid, uniqueid, channel, dstchannel, accountcode, src, dst, dcontext, tenantid, peertenantid. Empty: no key."),
     option("loguniqueid", "no", None, "Add the `uniqueid` field to each record."),
     option("loguserfield", "no", None, "Add the `userfield` field to each record."),
     option("usegmtime", "no", None, "Write times in UTC (`+0000`) instead of Asterisk's local time zone."),
+    option("records", "cdr,cel", None, "Which records [global]'s Kafka destination takes: comma list of cdr, cel (with `[cel] enabled = yes`) and control (the module's start/stop records)."),
+    option("missed", "include", None, "include, only or exclude missed calls (CDRs never answered: `answer` is null)."),
+    option("filter", "", None, "`NAME OP VALUE`, OP one of = != ~ (regular expression) !~ in (comma list); NAME a record field or `CDR(variable)`. Repeatable: every filter must hold. An absent value compares as empty text."),
+    option("control", "required", None, "required, optional, sufficient or alternative: how this destination's result weighs in a record's final status, as GnuGk's accounting stack defines them (destinations in file order, [global] first)."),
+    option("give_up_after_ms", "0", None, "A record not confirmed within this many milliseconds counts as failed for the control flags (and bounds librdkafka's message_timeout_ms). 0: never; the record waits in the spool."),
+    option("format", "contract", None, "contract (the record as documented, byte for byte), envelope (the record inside metadata: type, version, entity_id, system_name, record_id, emitted_at) or kv (`key=value;` line)."),
+    option("fields", "", None, "Comma list of fields to write, in this order, each optionally renamed (`billsec:duration`). Empty: every field."),
+    option("normalize", "none", None, "none, or snake_case: field names in snake_case (EntityID becomes entity_id)."),
+    option("enabled", "yes", None, "no: [global]'s Kafka destination does not run (its producer still serves the Kafka destinations without brokers of their own)."),
     option("client_id", DEFAULT_CLIENT_ID, Some("client.id"), "Client id the broker sees."),
     option("security_protocol", "plaintext", Some("security.protocol"), "plaintext, ssl, sasl_plaintext or sasl_ssl."),
     option("sasl_mechanisms", "", Some("sasl.mechanisms"), "SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER."),

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::{bad_value, parse_bool, parse_number, ConfigError, Entry, KafkaSettings, CONFIG_FILE};
+use super::{
+    bad_value, parse_bool, parse_number, ConfigError, Entry, KafkaSettings, OptionDoc, CONFIG_FILE,
+};
 use crate::cel::CEL_FIELDS;
 use crate::record::{KeyField, CONTRACT_FIELDS};
 use crate::routing::control::ControlFlag;
@@ -166,6 +168,62 @@ pub const COMMON_OPTIONS: [&str; 11] = [
     "normalize",
     "enabled",
     "topic_fallback",
+];
+
+const fn doc(
+    name: &'static str,
+    default: &'static str,
+    types: &'static str,
+    summary: &'static str,
+) -> OptionDoc {
+    OptionDoc {
+        name,
+        default,
+        librdkafka: None,
+        types,
+        summary,
+    }
+}
+
+/// Every option of a destination section, in documentation order: the common ones,
+/// then each type's own. `types` says which types take it.
+pub const DESTINATION_OPTIONS: &[OptionDoc] = &[
+    doc("type", "", "all", "kafka, file, syslog or http. Required: a section with a type is a destination."),
+    doc("records", "cdr", "all", "Which records it takes: comma list of cdr, cel (with `[cel] enabled = yes`) and control (the module's start/stop records)."),
+    doc("missed", "include", "all", "include, only or exclude missed calls (CDRs never answered: `answer` is null)."),
+    doc("filter", "", "all", "`NAME OP VALUE`, OP one of = != ~ (regular expression) !~ in (comma list); NAME a record field or `CDR(variable)`. Repeatable: every filter must hold. An absent value compares as empty text."),
+    doc("control", "required", "all", "required, optional, sufficient or alternative: how this destination's result weighs in a record's final status, as GnuGk's accounting stack defines them (destinations in file order, [global] first)."),
+    doc("give_up_after_ms", "0", "all", "A record not confirmed within this many milliseconds counts as failed for the control flags. 0: never; the record waits in the spool."),
+    doc("format", "contract", "all", "contract (the record as documented, byte for byte), envelope (the record inside metadata: type, version, entity_id, system_name, record_id, emitted_at) or kv (`key=value;` line; to syslog with acc's `ACC: call answered:` / `ACC: call missed:` before a CDR)."),
+    doc("fields", "", "all", "Comma list of fields to write, in this order, each optionally renamed (`billsec:duration`). Empty: every field."),
+    doc("normalize", "none", "all", "none, or snake_case: field names in snake_case (EntityID becomes entity_id)."),
+    doc("enabled", "yes", "all", "no: the section is checked but the destination does not run, and the spool keeps nothing for it."),
+    doc("topic_fallback", "", "kafka", "With a template `topic`: the topic of a record whose named value is empty or absent. Empty: the topic the record was spooled with."),
+    doc("topic", "", "kafka", "Kafka topic, or a template such as `cdr.missed.${accountcode}` (characters a topic cannot hold become `_`). Empty: the topic the record was spooled with ([global]'s or [cel]'s topic)."),
+    doc("key", "", "kafka", "CDR field for the message key, checked as [global]'s `key` is. The records keep the key they were spooled with ([global]'s or [cel]'s `key`)."),
+    OptionDoc {
+        name: "brokers",
+        default: "",
+        librdkafka: Some("bootstrap.servers"),
+        types: "kafka",
+        summary: "Brokers of another cluster: the section gets its own producer. Empty: the [global] producer.",
+    },
+    doc("connection", "", "kafka", "A kafka.conf connection for the section's own producer, as [global]'s `connection`."),
+    doc("<producer option>", "", "kafka", "With its own `brokers` or `connection`: any producer option of [global] (client_id, security_protocol, sasl_*, ssl_*, compression_codec, acks, enable_idempotence, message_timeout_ms, queue_buffering_max_messages, debug, `rdkafka.<property>`), with [global]'s defaults; none is taken from [global]."),
+    doc("path", "", "file", "Absolute path of the file, one record a line (0640, owned like its folder). Required."),
+    doc("rotate", "never", "file", "never, hourly, daily, weekly, monthly, `L<lines>` (a count, k or m after it: thousands, millions) or `S<size>` (bytes, k, m or g after it); the closed file is renamed `FILE.YYYYMMDD-HHMMSS`."),
+    doc("rotate_time", "00:00", "file", "Local time of a daily, weekly or monthly rotation (HH:MM); for hourly, the minute (0 to 59)."),
+    doc("rotate_day", "", "file", "Day of a weekly rotation (Sunday to Saturday; default Sunday) or of a monthly one (1 to 31; default 1; a shorter month rotates on its last day)."),
+    doc("pretty", "no", "file", "yes: indented JSON, a record over several lines (not with kv)."),
+    doc("socket", "/dev/log", "syslog", "The local syslog socket written to (the module never calls openlog)."),
+    doc("facility", "local0", "syslog", "kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp or local0 to local7."),
+    doc("level", "info", "syslog", "emerg, alert, crit, err, warning, notice, info or debug."),
+    doc("tag", "asterisk", "syslog", "The tag (program name) of each line, up to 32 characters."),
+    doc("url", "", "http", "http:// or https:// URL the records are sent to, as JSON lines, a batch a request. Required."),
+    doc("method", "post", "http", "post, put or patch."),
+    doc("header", "", "http", "`Name: value` sent with every request (a Content-Type here replaces application/x-ndjson). Repeatable."),
+    doc("timeout_ms", "5000", "http", "For a whole request, in milliseconds; a request that fails or times out, or a status other than 2xx, is tried again from the spool with backoff."),
+    doc("batch_max", "500", "http", "Most records in one request."),
 ];
 
 /// Applies a routing option of `[global]` or a destination; false when `entry` is not
@@ -589,5 +647,35 @@ format = envelope
         );
         assert_eq!(settings.topic, "cdr.none");
         assert!(settings.destinations.is_empty());
+    }
+
+    #[test]
+    fn documented_destination_options_are_the_options_each_type_takes() {
+        let documented = |types: &[&str]| -> Vec<&str> {
+            DESTINATION_OPTIONS
+                .iter()
+                .filter(|o| types.contains(&o.types))
+                .map(|o| o.name)
+                .collect()
+        };
+        let mut common = documented(&["all"]);
+        common.sort_unstable();
+        let mut parsed = COMMON_OPTIONS.to_vec();
+        parsed.retain(|name| *name != "topic_fallback");
+        parsed.sort_unstable();
+        assert_eq!(common, parsed, "options every type takes");
+        for kind in [
+            DestinationType::Kafka,
+            DestinationType::File,
+            DestinationType::Syslog,
+            DestinationType::Http,
+        ] {
+            let mut own = documented(&[kind.name()]);
+            own.retain(|name| !["brokers", "connection", "<producer option>"].contains(name));
+            own.sort_unstable();
+            let mut taken = kind.own_options().to_vec();
+            taken.sort_unstable();
+            assert_eq!(own, taken, "options of type {}", kind.name());
+        }
     }
 }
