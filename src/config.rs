@@ -454,17 +454,6 @@ pub fn parse(
             _ => producer_entries.push(entry),
         }
     }
-    if settings.routing.output.pretty {
-        // Only file destinations take pretty; [global] is Kafka.
-        let entry = global_entries.iter().rev().find(|e| e.name == "pretty");
-        if let Some(entry) = entry {
-            return Err(bad_value(
-                CONFIG_FILE,
-                entry,
-                "pretty is for file destinations only",
-            ));
-        }
-    }
     match destinations::check_routing(&mut settings.routing, &global_entries, topic_entry)? {
         Some(topic) => settings.topic = topic,
         None if settings.routing.topic_template.is_some() => {
@@ -491,6 +480,7 @@ pub fn parse(
         settings.destinations.push(destination);
     }
     refuse_shared_files(&settings.destinations)?;
+    refuse_keys_not_in_the_record(&settings, entries)?;
     limit_message_timeouts(&mut settings);
     Ok(settings)
 }
@@ -590,6 +580,29 @@ fn build_producer(
             .or_insert_with(|| default.to_string());
     }
     Ok(kafka)
+}
+
+/// A destination's key is read from the record: `uniqueid` is there only with
+/// `loguniqueid = yes`.
+fn refuse_keys_not_in_the_record(
+    settings: &Settings,
+    entries: &[Entry],
+) -> Result<(), ConfigError> {
+    for destination in &settings.destinations {
+        if destination.key == Some(Some(KeyField::Uniqueid)) && !settings.loguniqueid {
+            let entry = entries
+                .iter()
+                .find(|e| e.section == destination.name && e.name == "key");
+            if let Some(entry) = entry {
+                return Err(bad_value(
+                    CONFIG_FILE,
+                    entry,
+                    "the records hold uniqueid only with [global] loguniqueid = yes",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Two file destinations on one path would interleave and rotate each other's lines.

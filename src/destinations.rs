@@ -14,6 +14,7 @@ use crate::delivery::destination::Destination;
 use crate::delivery::feeder::{FeederSettings, Rules};
 use crate::delivery::kafka::{KafkaDestination, ProducerError, ProducerSettings, SharedProducer};
 use crate::delivery::stack::{Member, Stack};
+use crate::routing::fields::FieldName;
 use crate::routing::filter::Filter;
 use crate::routing::template::Template;
 use crate::routing::Route;
@@ -169,13 +170,12 @@ pub fn build(
     };
     let mut rules = Rules::everything(name);
     rules.route = route(name, routing);
-    let fixed_topic = settings
-        .destinations
-        .iter()
-        .find(|d| d.name == name)
-        .and_then(|d| d.topic.as_deref());
-    if let Some(topic) = fixed_topic {
+    let section = settings.destinations.iter().find(|d| d.name == name);
+    if let Some(topic) = section.and_then(|d| d.topic.as_deref()) {
         rules.route.topic = Template::parse(topic, &|_| false).ok();
+    }
+    if let Some(key) = section.and_then(|d| d.key) {
+        rules.route.key = Some(key.map(|field| FieldName::Field(field.name().to_string())));
     }
     rules.give_up_after = routing.give_up_after;
     rules.stack = stack.and_then(|stack| Some((Arc::clone(stack), stack.index_of(name)?)));

@@ -744,6 +744,20 @@ pub fn reload() -> Result<(), LoadError> {
                 .start_with_rules(destination, feeder_settings(&running.settings), rules)
                 .map_err(LoadError::Delivery)?;
         }
+    } else {
+        // What the file enables runs after a reload, also what the CLI disabled.
+        for planned in destinations::planned(&running.settings) {
+            if !lock(&running.delivery).is_running(&planned.name) {
+                let message =
+                    set_destination_enabled_in(&running, &planned.name, true).map_err(|error| {
+                        LoadError::Build(BuildError::Open {
+                            name: planned.name.clone(),
+                            error,
+                        })
+                    })?;
+                ast_log!(Notice, "reload: {message}");
+            }
+        }
     }
     ast_log!(
         Notice,
@@ -1084,6 +1098,14 @@ pub fn destinations_text() -> String {
 /// thread the glue starts (it starts and joins feeder threads).
 pub fn set_destination_enabled(name: &str, enabled: bool) -> Result<String, String> {
     let running = current().ok_or("cdr_kafka is not running")?;
+    set_destination_enabled_in(&running, name, enabled)
+}
+
+fn set_destination_enabled_in(
+    running: &Running,
+    name: &str,
+    enabled: bool,
+) -> Result<String, String> {
     let known = destinations::planned(&running.settings)
         .iter()
         .any(|p| p.name == name);

@@ -223,7 +223,7 @@ fn routing_by_accountcode_and_missed_calls_to_templated_topics_with_filters() {
     let conf = format!(
         "[global]\nbrokers = {}\ntopic = all\n\n\
          [missed]\ntype = kafka\ntopic = cdr.missed.${{accountcode}}\ntopic_fallback = cdr.missed.unknown\nmissed = only\n\n\
-         [external]\ntype = kafka\ntopic = external\nmissed = exclude\nfilter = CDR(tag) !~ ^internal\nfilter = lastapp in Hangup,Wait,Busy,Answer\n\n\
+         [external]\ntype = kafka\ntopic = external\nkey = accountcode\nmissed = exclude\nfilter = CDR(tag) !~ ^internal\nfilter = lastapp in Hangup,Wait,Busy,Answer\n\n\
          [bydisp]\ntype = kafka\ntopic = bydisp.${{disposition}}\ntopic_fallback = bydisp.other\n",
         tansu.brokers()
     );
@@ -289,11 +289,16 @@ fn routing_by_accountcode_and_missed_calls_to_templated_topics_with_filters() {
     );
 
     // Filters: all must hold.
-    let external: Vec<Value> = root
-        .read_topic(&tansu.brokers(), "external")
-        .iter()
-        .map(Message::json)
-        .collect();
+    let external_messages = root.read_topic(&tansu.brokers(), "external");
+    for message in &external_messages {
+        let accountcode = message.json()["accountcode"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        // An empty account code is an empty key, as [global]'s key does.
+        assert_eq!(message.key, Some(accountcode), "[external] keys by accountcode");
+    }
+    let external: Vec<Value> = external_messages.iter().map(Message::json).collect();
     let expected: Vec<&Value> = records
         .iter()
         .filter(|r| !r["answer"].is_null())
@@ -345,7 +350,7 @@ fn dialplan_skip_and_kafka_to_steer_single_cdrs_and_never_appear_in_them() {
     let conf = format!(
         "[global]\nbrokers = {}\ntopic = all\n\n\
          [archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-to/cdr.jsonl\nrotate = S1k\n\n\
-         [short]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-short/cdr.jsonl\nfields = start,src,dst,billsec:duration,CDR(tag):tag\n",
+         [short]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-short/cdr.jsonl\nfields = start,src,dst,billsec:duration,tag\n",
         tansu.brokers()
     );
     let short_dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-short");
@@ -745,6 +750,10 @@ fn disabled_destination_catches_up_when_enabled_with_nothing_lost_or_doubled() {
     wait_until_settled(&asterisk);
     let out = asterisk.rx("cdr kafka destination disable nosuch");
     assert!(out.contains("no destination 'nosuch'"), "{out}");
+    // A reload runs what the file enables, also what the CLI disabled.
+    asterisk.rx("cdr kafka destination disable archive");
+    asterisk.rx("module reload cdr_kafka.so");
+    assert_eq!(destinations(&asterisk)["archive"].state, "running");
 
     let kafka: Vec<String> = root
         .read_topic(&tansu.brokers(), "all")

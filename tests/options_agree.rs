@@ -588,6 +588,7 @@ fn documented_destination_defaults_are_the_defaults_applied() {
             "topic" => section.topic.clone().unwrap_or_default(),
             "key" => section
                 .key
+                .flatten()
                 .map(|k| k.name().to_string())
                 .unwrap_or_default(),
             "brokers" | "connection" | PRODUCER_OPTION => {

@@ -132,8 +132,9 @@ pub struct DestinationSettings {
     pub routing: Routing,
     /// Kafka: the topic (fixed) when it is not a template; `None`: the record's own.
     pub topic: Option<String>,
-    /// Kafka: the message key's field.
-    pub key: Option<KeyField>,
+    /// Kafka: `key` when set: the field of the message key (`None`: no key); unset,
+    /// the records keep the key they were spooled with ([global]'s or [cel]'s).
+    pub key: Option<Option<KeyField>>,
     /// Kafka: its own producer (`brokers` or `connection` in the section); `None`:
     /// the `[global]` producer.
     pub kafka: Option<KafkaSettings>,
@@ -200,7 +201,7 @@ pub const DESTINATION_OPTIONS: &[OptionDoc] = &[
     doc("enabled", "yes", "all", "no: the section is checked but the destination does not run, and the spool keeps nothing for it."),
     doc("topic_fallback", "", "kafka", "With a template `topic`: the topic of a record whose named value is empty or absent. Empty: the topic the record was spooled with."),
     doc("topic", "", "kafka", "Kafka topic, or a template such as `cdr.missed.${accountcode}` (characters a topic cannot hold become `_`). Empty: the topic the record was spooled with ([global]'s or [cel]'s topic)."),
-    doc("key", "", "kafka", "CDR field for the message key, checked as [global]'s `key` is. The records keep the key they were spooled with ([global]'s or [cel]'s `key`)."),
+    doc("key", "", "kafka", "CDR field whose value is this destination's message key (the names [global]'s `key` takes; uniqueid needs loguniqueid = yes); empty: no key. Unset: the key the record was spooled with ([global]'s `key` for CDRs, [cel]'s for CEL events)."),
     OptionDoc {
         name: "brokers",
         default: "",
@@ -380,7 +381,7 @@ pub fn parse_section(
         let own = kind.own_options().contains(&entry.name.as_str());
         match (kind, entry.name.as_str()) {
             (DestinationType::Kafka, "topic") => topic_entry = Some(*entry),
-            (DestinationType::Kafka, "key") => key = super::parse_key(entry, host)?,
+            (DestinationType::Kafka, "key") => key = Some(super::parse_key(entry, host)?),
             (DestinationType::Kafka, _) if super::is_producer_option(&entry.name) => {
                 producer_entries.push(entry)
             }
@@ -413,6 +414,15 @@ pub fn parse_section(
                 CONFIG_FILE,
                 entry,
                 "pretty applies to JSON formats, not kv",
+            ));
+        }
+    }
+    if kind != DestinationType::Kafka {
+        if let Some(entry) = entries.iter().find(|e| e.name == "topic_fallback") {
+            return Err(bad_value(
+                CONFIG_FILE,
+                entry,
+                "topic_fallback is for kafka destinations only",
             ));
         }
     }

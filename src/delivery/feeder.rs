@@ -189,6 +189,18 @@ pub struct Feeder {
     captured: std::collections::HashMap<u64, u64>,
     topic_buffer: String,
     payload_buffer: Vec<u8>,
+    key_buffer: Vec<u8>,
+    own_key: OwnKey,
+}
+
+/// Which key the record being offered carries.
+#[derive(Clone, Copy)]
+enum OwnKey {
+    /// The one it was logged with.
+    Logged,
+    None,
+    /// This destination's, in `key_buffer`.
+    Buffer,
 }
 
 impl Feeder {
@@ -231,6 +243,8 @@ impl Feeder {
             captured: std::collections::HashMap::new(),
             topic_buffer: String::new(),
             payload_buffer: Vec::new(),
+            key_buffer: Vec::new(),
+            own_key: OwnKey::Logged,
         }
     }
 
@@ -529,11 +543,13 @@ impl Feeder {
                 return Admit::GiveUp;
             }
         }
-        rules.route.topic(
-            record,
-            fields.as_ref().and_then(Option::as_ref),
-            &mut self.topic_buffer,
-        );
+        let fields = fields.as_ref().and_then(Option::as_ref);
+        rules.route.topic(record, fields, &mut self.topic_buffer);
+        self.own_key = match rules.route.key(fields, &mut self.key_buffer) {
+            None => OwnKey::Logged,
+            Some(None) => OwnKey::None,
+            Some(Some(_)) => OwnKey::Buffer,
+        };
         self.payload_buffer.clear();
         if let Some(shaper) = &rules.shaper {
             if let Err(reason) = shaper.shape(record, &mut self.payload_buffer) {
@@ -682,6 +698,11 @@ impl Feeder {
                     &self.payload_buffer
                 } else {
                     record.payload
+                },
+                key: match self.own_key {
+                    OwnKey::Logged => record.key,
+                    OwnKey::None => None,
+                    OwnKey::Buffer => Some(&self.key_buffer),
                 },
                 ..record.clone()
             };

@@ -8,7 +8,7 @@ pub mod filter;
 pub mod template;
 
 use crate::delivery::log::{RecordKind, StoredRecord};
-use fields::Fields;
+use fields::{FieldName, Fields};
 use filter::Filter;
 use template::Template;
 
@@ -120,6 +120,9 @@ pub struct Route {
     /// `None`: the topic the record was logged with.
     pub topic: Option<Template>,
     pub topic_fallback: Option<String>,
+    /// `Some`: this destination's own message key (`Some(None)`: no key); `None`: the
+    /// key the record was logged with.
+    pub key: Option<Option<FieldName>>,
 }
 
 impl Route {
@@ -132,6 +135,7 @@ impl Route {
             filters: Vec::new(),
             topic: None,
             topic_fallback: None,
+            key: None,
         }
     }
 
@@ -140,6 +144,7 @@ impl Route {
         self.missed != Missed::Include
             || !self.filters.is_empty()
             || self.topic.as_ref().is_some_and(|t| !t.is_fixed())
+            || matches!(self.key, Some(Some(_)))
     }
 
     pub fn decide(&self, record: &StoredRecord<'_>, fields: Option<&Fields>) -> Decision {
@@ -176,6 +181,28 @@ impl Route {
             Decision::Take
         } else {
             Decision::Filtered
+        }
+    }
+
+    /// The message key this destination sends `record` with: `None` for the logged
+    /// key, `Some(None)` for none, `Some(Some(bytes))` written into `buffer`.
+    pub fn key<'b>(
+        &self,
+        fields: Option<&Fields>,
+        buffer: &'b mut Vec<u8>,
+    ) -> Option<Option<&'b [u8]>> {
+        let name = match &self.key {
+            None => return None,
+            Some(None) => return Some(None),
+            Some(Some(name)) => name,
+        };
+        buffer.clear();
+        match fields.and_then(|fields| fields.text(name)) {
+            Some(value) => {
+                buffer.extend_from_slice(value.as_bytes());
+                Some(Some(buffer))
+            }
+            None => Some(None),
         }
     }
 
