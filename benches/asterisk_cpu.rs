@@ -643,7 +643,11 @@ fn main() {
     if std::env::var("CDR_KAFKA_BENCH_DESTINATIONS").is_ok_and(|n| n.trim() == "3") {
         tansu.create_topic(COPY_TOPIC);
         let _ = fs::remove_dir_all(root.path.join("var/log/asterisk/cdrk-bench"));
-        extra.push_str(THREE_DESTINATIONS);
+        // CDR_KAFKA_BENCH_DESTINATION_LINGER_MS: the two added destinations' own window.
+        let linger = std::env::var("CDR_KAFKA_BENCH_DESTINATION_LINGER_MS")
+            .map(|ms| format!("linger_ms = {}\n", ms.trim()))
+            .unwrap_or_default();
+        extra.push_str(&THREE_DESTINATIONS.replace("type = ", &format!("{linger}type = ")));
         destinations = 3;
     }
     let conf = cdr_kafka_conf(&tansu.brokers(), TOPIC, &extra);

@@ -178,6 +178,7 @@ pub fn build(
         rules.route.key = Some(key.map(|field| FieldName::Field(field.name().to_string())));
     }
     rules.give_up_after = routing.give_up_after;
+    rules.batch_window = routing.linger;
     rules.stack = stack.and_then(|stack| Some((Arc::clone(stack), stack.index_of(name)?)));
     let identity = (identity.entity_id.as_str(), identity.system_name.as_str());
     rules.shaper = crate::shaping::shaper(settings, kind, routing, identity).map_err(|error| {

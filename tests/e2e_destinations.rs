@@ -296,7 +296,11 @@ fn routing_by_accountcode_and_missed_calls_to_templated_topics_with_filters() {
             .unwrap_or("")
             .to_string();
         // An empty account code is an empty key, as [global]'s key does.
-        assert_eq!(message.key, Some(accountcode), "[external] keys by accountcode");
+        assert_eq!(
+            message.key,
+            Some(accountcode),
+            "[external] keys by accountcode"
+        );
     }
     let external: Vec<Value> = external_messages.iter().map(Message::json).collect();
     let expected: Vec<&Value> = records

@@ -584,6 +584,10 @@ fn documented_destination_defaults_are_the_defaults_applied() {
             "fields" => routing.output.fields.clone().unwrap_or_default(),
             "normalize" => normalize_name(routing.output.snake_case).to_string(),
             "enabled" => flag(routing.enabled),
+            "linger_ms" => routing
+                .linger
+                .map(|window| window.as_millis().to_string())
+                .unwrap_or_default(),
             "topic_fallback" => routing.topic_fallback.clone().unwrap_or_default(),
             "topic" => section.topic.clone().unwrap_or_default(),
             "key" => section

@@ -68,6 +68,8 @@ pub struct Rules {
     /// The stack and this destination's place in it, when control flags couple the
     /// destinations.
     pub stack: Option<(Arc<Stack>, usize)>,
+    /// This destination's own batching window, when it has one.
+    pub batch_window: Option<Duration>,
 }
 
 impl Rules {
@@ -85,6 +87,7 @@ impl Rules {
             shaper: None,
             give_up_after: None,
             stack: None,
+            batch_window: None,
         }
     }
 }
@@ -210,9 +213,12 @@ impl Feeder {
         destination: Box<dyn Destination>,
         dead_letters: Arc<DeadLetters>,
         stats: Arc<DestinationStats>,
-        settings: FeederSettings,
+        mut settings: FeederSettings,
         rules: Rules,
     ) -> Self {
+        if let Some(window) = rules.batch_window {
+            settings.batch_window = window;
+        }
         let cursor = ledger.state().watermark;
         if let Some((stack, index)) = &rules.stack {
             stack.attach(*index, ledger.watermarks());
