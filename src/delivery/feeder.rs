@@ -483,6 +483,11 @@ impl Feeder {
         };
         let mut still_held = Vec::new();
         for seq in std::mem::take(&mut self.held) {
+            // A record another destination has not dealt with yet is not read again.
+            if !stack.is_settled_by_all(seq) {
+                still_held.push(seq);
+                continue;
+            }
             match self.log.read_one(seq, &mut self.batch) {
                 Ok(false) => continue,
                 Ok(true) => {}

@@ -166,6 +166,17 @@ impl Stack {
         posted.reasons[index] = reason;
     }
 
+    /// Whether every destination has dealt with record `seq` (posted, or confirmed):
+    /// only then is the record worth reading for its verdict.
+    pub fn is_settled_by_all(&self, seq: u64) -> bool {
+        let board = self.board();
+        let posted = board.get(&seq);
+        (0..self.members.len()).all(|index| {
+            posted.is_some_and(|p| p.statuses.get(index).copied().flatten().is_some())
+                || self.confirmed(index, seq)
+        })
+    }
+
     /// The final status of `record`, once every destination has dealt with it.
     pub fn verdict(&self, record: &StoredRecord<'_>) -> Verdict {
         let flags: Vec<ControlFlag> = self.members.iter().map(|m| m.flag).collect();
@@ -280,7 +291,9 @@ mod tests {
         );
         assert_eq!(stack.reaches(1, &record(2)), Some(true));
         assert_eq!(stack.verdict(&record(2)), Verdict::Pending);
+        assert!(!stack.is_settled_by_all(2));
         stack.post(1, 2, Status::Ok, None);
+        assert!(stack.is_settled_by_all(2));
         assert_eq!(stack.verdict(&record(2)), Verdict::Success);
     }
 
