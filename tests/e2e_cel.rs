@@ -137,6 +137,7 @@ fn assert_call_shape(events: &[Message]) {
     }
     for message in events {
         let json = message.json();
+        support::schema::validate("cel.json", &json).unwrap_or_else(|e| panic!("{e}\n{json}"));
         assert!(json["extra"].is_object(), "extra is an object: {json}");
         assert_eq!(json["EntityID"], "00:11:22:33:44:55");
         assert_eq!(json["SystemName"], "pbx-test");
