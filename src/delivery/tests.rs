@@ -328,18 +328,15 @@ fn all_confirmed(delivery: &Delivery) -> bool {
     delivery.statuses().iter().all(|status| status.waiting == 0)
 }
 
-/// `[kafka] control = alternative, give_up_after_ms` + `[file] control = sufficient`:
-/// the file gets exactly the records the first could not take in time.
-#[test]
-fn failover_destination_gets_exactly_what_the_first_gave_up() {
+/// Starts `[kafka] control = alternative, give_up_after_ms = 200` and `[file] control =
+/// sufficient` on `log`, with the memory destinations' records in `kafka` and `file`.
+fn failover_pair(log: &Arc<Log>, kafka: &Arc<Mutex<Seen>>, file: &Arc<Mutex<Seen>>) -> Delivery {
     use super::feeder::Rules;
     use super::stack::{Member, Stack};
     use crate::routing::control::ControlFlag;
     use crate::routing::{RecordKinds, Route};
 
-    let dir = TempDir::new("failover");
-    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
-    let mut delivery = Delivery::new(Arc::clone(&log));
+    let mut delivery = Delivery::new(Arc::clone(log));
     let everything = RecordKinds {
         cdr: true,
         cel: true,
@@ -349,32 +346,44 @@ fn failover_destination_gets_exactly_what_the_first_gave_up() {
         Member::new(ControlFlag::Alternative, Route::plain("kafka", everything)),
         Member::new(ControlFlag::Sufficient, Route::plain("file", everything)),
     ]);
-    let kafka = Arc::<Mutex<Seen>>::default();
-    let file = Arc::<Mutex<Seen>>::default();
-    kafka.lock().unwrap().full = true;
     let mut kafka_rules = Rules::everything("kafka");
     kafka_rules.give_up_after = Some(Duration::from_millis(200));
     kafka_rules.stack = Some((Arc::clone(&stack), 0));
     let mut file_rules = Rules::everything("file");
     file_rules.stack = Some((Arc::clone(&stack), 1));
     delivery
-        .start_with_rules(MemoryDestination::boxed("kafka", &kafka), FAST, kafka_rules)
+        .start_with_rules(MemoryDestination::boxed("kafka", kafka), FAST, kafka_rules)
         .unwrap();
     delivery
-        .start_with_rules(MemoryDestination::boxed("file", &file), FAST, file_rules)
+        .start_with_rules(MemoryDestination::boxed("file", file), FAST, file_rules)
         .unwrap();
+    delivery
+}
 
-    (0..5).for_each(|n| {
-        append(&log, n).unwrap();
+fn append_range(log: &Log, range: std::ops::Range<u64>) {
+    range.for_each(|n| {
+        append(log, n).unwrap();
     });
+}
+
+/// `[kafka] control = alternative, give_up_after_ms` + `[file] control = sufficient`:
+/// the file gets exactly the records the first could not take in time.
+#[test]
+fn failover_destination_gets_exactly_what_the_first_gave_up() {
+    let dir = TempDir::new("failover");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let kafka = Arc::<Mutex<Seen>>::default();
+    let file = Arc::<Mutex<Seen>>::default();
+    kafka.lock().unwrap().full = true;
+    let delivery = failover_pair(&log, &kafka, &file);
+
+    append_range(&log, 0..5);
     wait_for("the file has the 5 records kafka gave up", || {
         delivered(&file).len() == 5
     });
     assert!(delivered(&kafka).is_empty());
     kafka.lock().unwrap().full = false;
-    (5..10).for_each(|n| {
-        append(&log, n).unwrap();
-    });
+    append_range(&log, 5..10);
     wait_for("kafka has the next 5", || delivered(&kafka).len() == 5);
     wait_for("everything confirmed", || all_confirmed(&delivery));
     assert_eq!(
@@ -386,6 +395,42 @@ fn failover_destination_gets_exactly_what_the_first_gave_up() {
     assert!(
         !delivery.dead_letter_path().exists(),
         "nothing failed for good"
+    );
+}
+
+/// After a restart, what either destination of a failover pair dealt with is not handed
+/// to either again: the failures were confirmed once the verdict was in.
+#[test]
+fn failover_pair_after_a_restart_delivers_nothing_twice() {
+    let dir = TempDir::new("failover-restart");
+    let kafka = Arc::<Mutex<Seen>>::default();
+    let file = Arc::<Mutex<Seen>>::default();
+    {
+        let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+        kafka.lock().unwrap().full = true;
+        let mut delivery = failover_pair(&log, &kafka, &file);
+        append_range(&log, 0..5);
+        wait_for("the file has what kafka gave up", || {
+            delivered(&file).len() == 5
+        });
+        wait_for("everything confirmed", || all_confirmed(&delivery));
+        delivery.shutdown();
+    }
+    kafka.lock().unwrap().full = false;
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let delivery = failover_pair(&log, &kafka, &file);
+    append_range(&log, 5..10);
+    wait_for("kafka has the new records", || delivered(&kafka).len() == 5);
+    wait_for("everything confirmed", || all_confirmed(&delivery));
+    assert_eq!(
+        delivered(&kafka),
+        ids(5..10),
+        "kafka never got the records it gave up"
+    );
+    assert_eq!(
+        delivered(&file),
+        ids(0..5),
+        "the file got nothing twice, nothing new"
     );
 }
 
