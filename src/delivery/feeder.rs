@@ -512,7 +512,12 @@ impl Feeder {
                         .map(|(name, reason)| format!("{name}: {reason}"))
                         .collect::<Vec<_>>()
                         .join("; ");
-                    match self.dead_letters.write("stack", &record, &reason) {
+                    let failed_at = reasons
+                        .iter()
+                        .map(|(name, _)| name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    match self.dead_letters.write(&failed_at, &record, &reason) {
                         Ok(()) => {
                             self.ledger.ack(seq);
                         }

@@ -71,10 +71,11 @@ impl Stack {
         })
     }
 
-    /// Whether any flag couples the destinations (with `required` alone, each
-    /// destination's failure is its own dead letter and nothing waits).
+    /// Whether the destinations share one verdict per record: with more than one (a
+    /// record failed anywhere is dead-lettered once, with every destination's reason),
+    /// or with a flag other than `required`.
     pub fn is_coupled(&self) -> bool {
-        self.members.iter().any(|m| m.flag != ControlFlag::Required)
+        self.members.len() > 1 || self.members.iter().any(|m| m.flag != ControlFlag::Required)
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
@@ -355,12 +356,35 @@ mod tests {
     }
 
     #[test]
-    fn required_alone_couples_nothing() {
+    fn required_destinations_never_wait_for_each_other_and_share_one_verdict() {
         let stack = Stack::new(vec![
             Member::new(ControlFlag::Required, Route::plain("a", RecordKinds::CDR)),
             Member::new(ControlFlag::Required, Route::plain("b", RecordKinds::CDR)),
         ]);
-        assert!(!stack.is_coupled());
-        assert_eq!(stack.reaches(1, &record(1)), Some(true));
+        assert!(stack.is_coupled());
+        assert_eq!(
+            stack.reaches(1, &record(1)),
+            Some(true),
+            "b does not wait for a"
+        );
+        stack.post(1, 1, Status::Failed, Some("refused".into()));
+        assert_eq!(
+            stack.verdict(&record(1)),
+            Verdict::Pending,
+            "a has not dealt with it"
+        );
+        stack.post(0, 1, Status::Ok, None);
+        assert_eq!(
+            stack.verdict(&record(1)),
+            Verdict::FailureWrite(vec![("b".into(), "refused".into())])
+        );
+        let alone = Stack::new(vec![Member::new(
+            ControlFlag::Required,
+            Route::plain("global", RecordKinds::CDR),
+        )]);
+        assert!(
+            !alone.is_coupled(),
+            "one required destination dead-letters by itself"
+        );
     }
 }
