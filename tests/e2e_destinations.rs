@@ -916,3 +916,67 @@ fn prometheus_scrape_through_asterisks_http_server_shows_each_destinations_count
     assert_eq!(stop["counters"]["received"], received);
     assert_eq!(stop["module_version"], env!("CARGO_PKG_VERSION"));
 }
+
+/// Loaded at boot beside res_prometheus, with a destination of each type: the module
+/// registers its metrics once Asterisk has booted, and `module unload` still leaves
+/// nothing of it mapped (no thread of its started from Asterisk's main thread).
+#[test]
+fn loaded_at_boot_with_prometheus_and_every_destination_type_unloads_cleanly() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    tansu.create_topic("copy");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let etc = root.path.join("etc/asterisk");
+    fs::write(
+        etc.join("http.conf"),
+        format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {port}\n"),
+    )
+    .expect("http.conf");
+    fs::write(
+        etc.join("prometheus.conf"),
+        "[general]\nenabled = yes\nuri = metrics\n",
+    )
+    .expect("prometheus.conf");
+    root_dir(&root, "var/log/asterisk/cdrk-e2e-boot");
+    let socket_dir = root_dir(&root, "tmp/cdrk-e2e-boot");
+    let _syslog = UnixDatagram::bind(socket_dir.join("log")).expect("bind a syslog socket");
+    let (http_port, _seen) = flaky_http_server();
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\n\n\
+         [copy]\ntype = kafka\ntopic = copy\n\n\
+         [archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-boot/cdr.jsonl\n\n\
+         [acc]\ntype = syslog\nsocket = /tmp/cdrk-e2e-boot/log\nformat = kv\n\n\
+         [billing]\ntype = http\nurl = http://127.0.0.1:{http_port}/cdr\ntimeout_ms = 500\n",
+        tansu.brokers()
+    );
+    let modules = format!("{PROMETHEUS_MODULES}load => cdr_kafka.so\n");
+    let asterisk = Asterisk::start_with_modules(&root, &conf, TZ, &modules);
+    asterisk.add_dialplan(ROUTING_DIALPLAN);
+    call(&asterisk, "plain");
+    asterisk.wait_for_no_channels(WAIT);
+    wait_until_settled(&asterisk);
+    let deadline = Instant::now() + WAIT;
+    while !http_get(port, "/metrics").contains("asterisk_cdr_kafka_records_received_total") {
+        assert!(
+            Instant::now() < deadline,
+            "metrics never registered after boot"
+        );
+        sleep(Duration::from_millis(200));
+    }
+    let _ = fs::write(etc.join("http.conf"), "[general]\nenabled = no\n");
+    let out = asterisk.rx("module unload cdr_kafka.so");
+    assert!(out.contains("Unloaded cdr_kafka.so"), "{out}");
+    assert!(
+        !asterisk.module_mapped(),
+        "the .so is still mapped after unload"
+    );
+    assert!(
+        !http_get(port, "/metrics").contains("asterisk_cdr_kafka_"),
+        "metrics left behind"
+    );
+}
