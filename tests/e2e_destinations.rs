@@ -794,6 +794,41 @@ load => res_pjsip.so
 load => res_prometheus.so
 ";
 
+/// Asterisk's HTTP server on a free port of 127.0.0.1 with res_prometheus at `/metrics`,
+/// configured in the root for the next boot; switched off again on drop, so that later
+/// tests boot without it.
+struct MetricsEndpoint {
+    etc: PathBuf,
+    port: u16,
+}
+
+impl MetricsEndpoint {
+    fn configure(root: &Root) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let etc = root.path.join("etc/asterisk");
+        fs::write(
+            etc.join("http.conf"),
+            format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {port}\n"),
+        )
+        .expect("http.conf");
+        fs::write(
+            etc.join("prometheus.conf"),
+            "[general]\nenabled = yes\nuri = metrics\n",
+        )
+        .expect("prometheus.conf");
+        Self { etc, port }
+    }
+}
+
+impl Drop for MetricsEndpoint {
+    fn drop(&mut self) {
+        let _ = fs::write(self.etc.join("http.conf"), "[general]\nenabled = no\n");
+    }
+}
+
 /// GET `path` from Asterisk's HTTP server on 127.0.0.1:`port`; the body.
 fn http_get(port: u16, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
@@ -823,21 +858,8 @@ fn prometheus_scrape_through_asterisks_http_server_shows_each_destinations_count
     let tansu = Tansu::start();
     tansu.create_topic("all");
     tansu.create_topic("missed");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let etc = root.path.join("etc/asterisk");
-    fs::write(
-        etc.join("http.conf"),
-        format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {port}\n"),
-    )
-    .expect("http.conf");
-    fs::write(
-        etc.join("prometheus.conf"),
-        "[general]\nenabled = yes\nuri = metrics\n",
-    )
-    .expect("prometheus.conf");
+    let metrics = MetricsEndpoint::configure(&root);
+    let port = metrics.port;
     let conf = format!(
         "[global]\nbrokers = {}\ntopic = all\n\n[missed]\ntype = kafka\ntopic = missed\nmissed = only\n\n\
          [ctl]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-ctl/ctl.jsonl\nrecords = control\n",
@@ -852,7 +874,6 @@ fn prometheus_scrape_through_asterisks_http_server_shows_each_destinations_count
     asterisk.wait_for_no_channels(WAIT);
     let rows = wait_until_settled(&asterisk);
     let text = http_get(port, "/metrics");
-    let _ = fs::write(etc.join("http.conf"), "[general]\nenabled = no\n");
 
     let series = |name: &str, destination: &str, kind: &str| {
         format!("asterisk_cdr_kafka_destination_{name}{{destination=\"{destination}\",type=\"{kind}\"}}")
@@ -927,21 +948,8 @@ fn loaded_at_boot_with_prometheus_and_every_destination_type_unloads_cleanly() {
     let tansu = Tansu::start();
     tansu.create_topic("all");
     tansu.create_topic("copy");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let etc = root.path.join("etc/asterisk");
-    fs::write(
-        etc.join("http.conf"),
-        format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {port}\n"),
-    )
-    .expect("http.conf");
-    fs::write(
-        etc.join("prometheus.conf"),
-        "[general]\nenabled = yes\nuri = metrics\n",
-    )
-    .expect("prometheus.conf");
+    let metrics = MetricsEndpoint::configure(&root);
+    let port = metrics.port;
     root_dir(&root, "var/log/asterisk/cdrk-e2e-boot");
     let socket_dir = root_dir(&root, "tmp/cdrk-e2e-boot");
     let _syslog = UnixDatagram::bind(socket_dir.join("log")).expect("bind a syslog socket");
@@ -968,7 +976,6 @@ fn loaded_at_boot_with_prometheus_and_every_destination_type_unloads_cleanly() {
         );
         sleep(Duration::from_millis(200));
     }
-    let _ = fs::write(etc.join("http.conf"), "[general]\nenabled = no\n");
     let out = asterisk.rx("module unload cdr_kafka.so");
     assert!(out.contains("Unloaded cdr_kafka.so"), "{out}");
     assert!(
