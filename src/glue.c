@@ -15,6 +15,7 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -566,6 +567,30 @@ static void prometheus_refresh(void)
 }
 #endif
 
+/*
+ * `core stop now`, `core restart now` and SIGTERM never unload modules: Asterisk joins its
+ * CDR engine, which posts every CDR still active to us, then calls exit(). This handler then
+ * delivers what the spool holds, for up to flush_timeout_ms, as an unload would; whatever
+ * is left stays in the spool for the next start. glibc also runs it at dlclose
+ * (__cxa_finalize), after unload_module: there is nothing left to do then.
+ * Asterisk's logger is closed by now, so what the module says here goes nowhere.
+ */
+static int module_running;
+static int exit_hook_registered;
+
+static void deliver_at_exit(void)
+{
+	struct rust_call stop = { .function = cdr_kafka_unload };
+
+	if (!__atomic_exchange_n(&module_running, 0, __ATOMIC_SEQ_CST)) {
+		return;
+	}
+	/* CDR callbacks ended with the CDR engine; CEL and scrapes may still come. */
+	host_cel_unregister();
+	prometheus_stop_all();
+	run_on_short_thread(&stop);
+}
+
 static int load_module(void)
 {
 	struct rust_call call = { .load = cdr_kafka_load, .host = &host };
@@ -593,6 +618,16 @@ static int load_module(void)
 	}
 	ast_cli_register_multiple(cli_entries, ARRAY_LEN(cli_entries));
 	prometheus_start();
+	__atomic_store_n(&module_running, 1, __ATOMIC_SEQ_CST);
+	/* Once per mapping: glibc forgets it when the module is unmapped. */
+	if (!exit_hook_registered) {
+		if (atexit(deliver_at_exit)) {
+			ast_log(LOG_WARNING, "cdr_kafka: no exit handler: at `core stop now` or SIGTERM, "
+				"what the spool holds is delivered at the next start\n");
+		} else {
+			exit_hook_registered = 1;
+		}
+	}
 	return AST_MODULE_LOAD_SUCCESS;
 }
 
@@ -640,6 +675,7 @@ static int unload_module(void)
 	if (unregister_cdr_backend()) {
 		return -1;
 	}
+	__atomic_store_n(&module_running, 0, __ATOMIC_SEQ_CST);
 	host_cel_unregister();
 	ast_cli_unregister_multiple(cli_entries, ARRAY_LEN(cli_entries));
 	prometheus_stop_all();

@@ -3,7 +3,9 @@
 //! CDR backend go while CDRs are active; the module refuses the unload with it and keeps
 //! running, so the call's CDR still arrives when the call ends. Once no call is up, the
 //! unload goes through and leaves nothing mapped. Stopping Asterisk during a call loses
-//! nothing either: Asterisk ends the calls (or waits for them) before unloading modules.
+//! nothing either: `core stop gracefully` waits for the calls and unloads the module;
+//! `core stop now` and SIGTERM exit without unloading it, and its exit handler delivers
+//! the CDRs Asterisk posted on the way out.
 //!
 //! One Asterisk runs at a time (they share the root), so the tests take a lock.
 
@@ -22,15 +24,15 @@ fn held_call_dialplan() -> String {
     format!("[cdrk-held]\nexten => held,1,Answer()\n same => n,Wait({HOLD_SECS})\n")
 }
 
-/// Starts Asterisk with the module (CDRs to `calls`, CEL to `cel`) and places a held call;
-/// returns once both halves of the call are up.
-fn start_with_a_call_up<'r>(root: &'r Root, tansu: &Tansu) -> Asterisk<'r> {
+/// Starts Asterisk with the module (CDRs to `calls`, CEL to `cel`, `global` added to
+/// [global]) and places a held call; returns once both halves of the call are up.
+fn start_with_a_call_up<'r>(root: &'r Root, tansu: &Tansu, global: &str) -> Asterisk<'r> {
     tansu.create_topic("calls");
     tansu.create_topic("cel");
     let conf = cdr_kafka_conf(
         &tansu.brokers(),
         "calls",
-        "[cel]\nenabled = yes\ntopic = cel\n",
+        &format!("{global}[cel]\nenabled = yes\ntopic = cel\n"),
     );
     let asterisk = Asterisk::start(root, &conf, "UTC");
     asterisk.load_module();
@@ -72,7 +74,7 @@ fn unload_during_a_call_is_refused_and_the_call_s_cdr_arrives_when_it_ends() {
     let _one = one_asterisk();
     let root = Root::from_env();
     let tansu = Tansu::start();
-    let asterisk = start_with_a_call_up(&root, &tansu);
+    let asterisk = start_with_a_call_up(&root, &tansu, "");
 
     let out = asterisk.rx("module unload cdr_kafka.so");
     assert!(
@@ -124,25 +126,53 @@ fn unload_during_a_call_is_refused_and_the_call_s_cdr_arrives_when_it_ends() {
     assert!(!asterisk.log().contains("Failure in dlclose"));
 }
 
-/// `core stop now` hangs up every call and waits for them to go before it goes on: the
-/// calls' CDRs reach the module first, and nothing is refused or lost.
+/// Batches wait a minute before they go: only a delivery at exit can bring the stopped
+/// call's CDRs to the broker before the next start.
+const HELD_BACK: &str = "linger_ms = 60000\n";
+
+/// The held call's CDRs on the topic, and what Asterisk said.
+fn held_call_cdrs(root: &Root, tansu: &Tansu) -> Vec<Message> {
+    root.consume(&tansu.brokers(), "calls", 2, WAIT)
+        .into_iter()
+        .filter(|m| m.json()["dcontext"] == "cdrk-held")
+        .collect()
+}
+
+/// `core stop now` hangs up every call and posts their CDRs, then exits without unloading
+/// modules: the module's exit handler delivers them, and nothing is refused or lost.
 #[test]
 fn stop_now_during_a_call_hangs_it_up_and_publishes_its_cdrs() {
     let _one = one_asterisk();
     let root = Root::from_env();
     let tansu = Tansu::start();
-    let mut asterisk = start_with_a_call_up(&root, &tansu);
+    let mut asterisk = start_with_a_call_up(&root, &tansu, HELD_BACK);
 
     asterisk.stop_gracefully();
-    let cdrs: Vec<Message> = root
-        .consume(&tansu.brokers(), "calls", 2, WAIT)
-        .into_iter()
-        .filter(|m| m.json()["dcontext"] == "cdrk-held")
-        .collect();
+    let cdrs = held_call_cdrs(&root, &tansu);
     let log = asterisk.log();
     assert_eq!(cdrs.len(), 2, "both halves of the call: {cdrs:?}\n{log}");
     assert!(!log.contains("cdr_kafka: unload refused"), "{log}");
     assert!(!log.contains("not captured by cdr_kafka"), "{log}");
+}
+
+/// SIGTERM (`systemctl stop`) is Asterisk's fast shutdown: calls stay up and no module is
+/// unloaded. Asterisk posts the CDRs of the calls still up as they stand, and the module's
+/// exit handler delivers them before the process ends.
+#[test]
+fn sigterm_during_a_call_publishes_its_cdrs_before_the_process_ends() {
+    let _one = one_asterisk();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    let mut asterisk = start_with_a_call_up(&root, &tansu, HELD_BACK);
+
+    let took = asterisk.terminate();
+    let cdrs = held_call_cdrs(&root, &tansu);
+    let log = asterisk.log();
+    assert_eq!(cdrs.len(), 2, "both halves of the call: {cdrs:?}\n{log}");
+    for cdr in &cdrs {
+        assert_eq!(cdr.json()["disposition"], "ANSWERED", "{cdr:?}");
+    }
+    eprintln!("SIGTERM with a call up: exited after {took:?}");
 }
 
 /// Waits until the Asterisk process has ended.
@@ -161,7 +191,7 @@ fn graceful_stop_during_a_call_waits_for_it_and_unloads_with_nothing_lost() {
     let _one = one_asterisk();
     let root = Root::from_env();
     let tansu = Tansu::start();
-    let mut asterisk = start_with_a_call_up(&root, &tansu);
+    let mut asterisk = start_with_a_call_up(&root, &tansu, "");
     // The command returns only when Asterisk exits.
     let mut stop = root
         .command("/usr/sbin/asterisk")

@@ -254,7 +254,7 @@ impl Feeder {
         }
     }
 
-    /// Passes until `stop`, then flushes (bounded), drops the destination and hands back
+    /// Passes until `stop`, then offers what is left and flushes (bounded), drops the destination and hands back
     /// its ledger with the number of records still unconfirmed (they stay in the log).
     pub fn run(mut self, stop: &AtomicBool) -> (Ledger, u64) {
         self.stats.running.store(true, Ordering::Release);
@@ -270,6 +270,10 @@ impl Feeder {
                 Next::Window => self.log.wait(self.settings.batch_window),
                 Next::Idle => self.log.wait_for_append(self.cursor, IDLE_WINDOW),
             }
+        }
+        // What came during the last window goes too: an unload or an exit follows.
+        if catch_unwind(AssertUnwindSafe(|| self.pass())).is_err() {
+            DestinationStats::add(&self.stats.panics, 1);
         }
         self.destination.flush(self.settings.flush_timeout);
         self.settle();

@@ -735,15 +735,32 @@ impl<'r> Asterisk<'r> {
         let _ = self.child.wait();
     }
 
-    /// `core stop now`: Asterisk unloads every module (ours flushes for up to
-    /// flush_timeout_ms) and exits. Returns how long it took; kills it and panics past
-    /// `STOP_BOUND`.
+    /// `core stop now`: Asterisk hangs up the calls, posts their CDRs and exits without
+    /// unloading modules; the module's exit handler delivers for up to flush_timeout_ms.
+    /// Returns how long it took; kills it and panics past `STOP_BOUND`.
     pub fn stop_gracefully(&mut self) -> Duration {
         let started = Instant::now();
         let _ = self.try_rx("core stop now");
         if !self.wait_for_exit(STOP_BOUND) {
             self.kill9();
             panic!("Asterisk still ran {STOP_BOUND:?} after `core stop now`");
+        }
+        started.elapsed()
+    }
+
+    /// SIGTERM, as `systemctl stop` sends: Asterisk's fast shutdown, which neither waits
+    /// for calls nor unloads modules. Returns how long it took to exit; kills it and
+    /// panics past `STOP_BOUND`.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {}", self.pid());
+        if !self.wait_for_exit(STOP_BOUND) {
+            self.kill9();
+            panic!("Asterisk still ran {STOP_BOUND:?} after SIGTERM");
         }
         started.elapsed()
     }
