@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::asterisk::host::{self, Identity};
 use crate::cel::{self, CelEncodeOptions, CelEvent};
@@ -398,7 +398,12 @@ impl Running {
     /// Stops every destination after waiting up to `flush_timeout_ms` for records in
     /// flight; returns how many were still unconfirmed (they stay in the log).
     pub fn shutdown(&self) -> u64 {
-        lock(&self.delivery).shutdown()
+        self.shutdown_within(None)
+    }
+
+    /// As `shutdown`, the wait cut to `budget` when that is shorter.
+    pub fn shutdown_within(&self, budget: Option<Duration>) -> u64 {
+        lock(&self.delivery).shutdown_within(budget)
     }
 
     /// Encodes one CDR and appends it to the spool; the feeder takes it from there.
@@ -576,7 +581,7 @@ impl Running {
 
     /// Waits up to `flush_timeout_ms` until every running destination that takes
     /// control records has confirmed record `seq` (the stop record at unload).
-    fn wait_for_control_record(&self, seq: u64) {
+    fn wait_for_control_record(&self, seq: u64, deadline: Instant) {
         let takers: Vec<String> = destinations::planned(&self.settings)
             .into_iter()
             .filter(|p| p.routing.records.control)
@@ -586,8 +591,7 @@ impl Running {
             return;
         }
         self.log.wake_feeders();
-        let deadline = std::time::Instant::now() + self.settings.flush_timeout;
-        while std::time::Instant::now() < deadline {
+        while Instant::now() < deadline {
             let statuses = lock(&self.delivery).statuses();
             let done = statuses
                 .iter()
@@ -670,7 +674,7 @@ pub fn load() -> Result<(), LoadError> {
         );
     }
     if let Some(old) = replace(Some(Arc::new(running))) {
-        retire(old);
+        retire(old, None);
     }
     set_cel_backend(cel_enabled);
     Ok(())
@@ -779,9 +783,13 @@ pub fn reload() -> Result<(), LoadError> {
 /// Stops the destinations after the glue unregistered the backend; the log keeps what
 /// was not confirmed.
 pub fn unload() {
+    // One flush_timeout_ms for the module_stop record and the last flush together.
+    let mut deadline = None;
     if let Some(running) = current() {
+        let by = Instant::now() + running.settings.flush_timeout;
+        deadline = Some(by);
         match running.publish_control("module_stop") {
-            Ok(seq) => running.wait_for_control_record(seq),
+            Ok(seq) => running.wait_for_control_record(seq, by),
             Err(error) => {
                 ast_log!(
                     Warning,
@@ -791,7 +799,7 @@ pub fn unload() {
         }
     }
     if let Some(old) = replace(None) {
-        retire(old);
+        retire(old, deadline);
     }
 }
 
@@ -808,9 +816,10 @@ fn report_unconfirmed(unconfirmed: u64, flush_timeout: Duration) {
 
 /// Drops a configuration no longer current, on this (non-CDR) thread: waits until no
 /// CDR callback holds it, then stops its destinations.
-fn retire(old: Arc<Running>) {
+fn retire(old: Arc<Running>, deadline: Option<Instant>) {
     let flush_timeout = old.settings.flush_timeout;
-    let unconfirmed = wait_until_unshared(old).shutdown();
+    let budget = deadline.map(|by| by.saturating_duration_since(Instant::now()));
+    let unconfirmed = wait_until_unshared(old).shutdown_within(budget);
     report_unconfirmed(unconfirmed, flush_timeout);
 }
 

@@ -19,9 +19,18 @@ const TOPIC: &str = "calls";
 
 /// Waits until `count` distinct records are on the topic; returns the count per record_id.
 fn wait_for_records(root: &Root, tansu: &Tansu, count: usize) -> HashMap<String, usize> {
+    wait_for_records_on(root, tansu, TOPIC, count)
+}
+
+fn wait_for_records_on(
+    root: &Root,
+    tansu: &Tansu,
+    topic: &str,
+    count: usize,
+) -> HashMap<String, usize> {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let counts = root.count_by(&tansu.brokers(), TOPIC, "record_id");
+        let counts = root.count_by(&tansu.brokers(), topic, "record_id");
         if counts.len() >= count {
             return counts;
         }
@@ -111,6 +120,44 @@ fn graceful_stop_with_broker_down_then_start_with_broker_up_delivers_all_once() 
     let counts = wait_for_records(&root, &tansu, COUNT);
     assert_eq!(counts.len(), COUNT);
     assert_eq!(duplicates(&counts), 0, "none twice");
+}
+
+/// SIGTERM (`systemctl stop`) unloads no module: the module's exit handler stops its
+/// destinations side by side, so with the broker down the process ends after one
+/// flush_timeout_ms, not one per destination; the next start delivers everything once.
+#[test]
+fn sigterm_with_the_broker_down_and_three_destinations_ends_after_one_flush_and_loses_nothing() {
+    const COUNT: usize = 2_000;
+    const FLUSH_MS: u64 = 3_000;
+    const COPY: &str = "copy";
+    let _one = one_asterisk();
+    let root = Root::from_env();
+    let archive = "/var/log/asterisk/cdrk-faults.jsonl";
+    let _ = std::fs::remove_file(root.path.join(archive.trim_start_matches('/')));
+    let extra = format!(
+        "flush_timeout_ms = {FLUSH_MS}\n\n[{COPY}]\ntype = kafka\ntopic = {COPY}\n\n\
+         [archive]\ntype = file\npath = {archive}\n"
+    );
+    let (mut tansu, mut asterisk) = setup(&root, &extra);
+    tansu.create_topic(COPY);
+    tansu.cut_off();
+    asterisk.flood(COUNT);
+    assert_eq!(asterisk.wait_for_counter("Spooled", COUNT, WAIT), COUNT);
+    let took = asterisk.terminate();
+    eprintln!("SIGTERM with the broker down, two Kafka destinations: ended after {took:?}");
+    // Two Kafka flushes one after the other would take 2 × FLUSH_MS.
+    assert!(
+        took < Duration::from_millis(FLUSH_MS * 2 - 500),
+        "SIGTERM took {took:?}"
+    );
+
+    tansu.reconnect();
+    asterisk.restart();
+    for topic in [TOPIC, COPY] {
+        let counts = wait_for_records_on(&root, &tansu, topic, COUNT);
+        assert_eq!(counts.len(), COUNT, "{topic}");
+        assert_eq!(duplicates(&counts), 0, "none twice on {topic}");
+    }
 }
 
 #[test]

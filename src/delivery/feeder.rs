@@ -44,6 +44,35 @@ pub enum Next {
     Idle,
 }
 
+/// Asks a feeder to stop, and says by when its last flush must end.
+#[derive(Debug, Default)]
+pub struct Stop {
+    requested: AtomicBool,
+    /// Milliseconds left for the flush from the moment of the request; 0: the
+    /// destination's own `flush_timeout`.
+    budget_ms: AtomicU64,
+}
+
+impl Stop {
+    /// Stop, flushing for at most `budget` (never longer than `flush_timeout`).
+    pub fn request(&self, budget: Option<Duration>) {
+        let ms = budget.map_or(0, |b| (b.as_millis() as u64).max(1));
+        self.budget_ms.store(ms, Ordering::Release);
+        self.requested.store(true, Ordering::Release);
+    }
+
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    fn flush_timeout(&self, own: Duration) -> Duration {
+        match self.budget_ms.load(Ordering::Acquire) {
+            0 => own,
+            ms => own.min(Duration::from_millis(ms)),
+        }
+    }
+}
+
 /// How a feeder paces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeederSettings {
@@ -256,9 +285,9 @@ impl Feeder {
 
     /// Passes until `stop`, then offers what is left and flushes (bounded), drops the destination and hands back
     /// its ledger with the number of records still unconfirmed (they stay in the log).
-    pub fn run(mut self, stop: &AtomicBool) -> (Ledger, u64) {
+    pub fn run(mut self, stop: &Stop) -> (Ledger, u64) {
         self.stats.running.store(true, Ordering::Release);
-        while !stop.load(Ordering::Acquire) {
+        while !stop.requested() {
             // A panic in one pass (a destination's bug) must not end delivery: it is
             // logged by the panic hook, and the records wait in the log for the next pass.
             let next = catch_unwind(AssertUnwindSafe(|| self.pass())).unwrap_or_else(|_| {
@@ -275,7 +304,8 @@ impl Feeder {
         if catch_unwind(AssertUnwindSafe(|| self.pass())).is_err() {
             DestinationStats::add(&self.stats.panics, 1);
         }
-        self.destination.flush(self.settings.flush_timeout);
+        self.destination
+            .flush(stop.flush_timeout(self.settings.flush_timeout));
         self.settle();
         // What the flush confirmed is written down: not offered again after a restart.
         let _ = self.ledger.write();

@@ -21,13 +21,13 @@ pub mod syslog;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use dead_letter::DeadLetters;
 use destination::Destination;
-use feeder::{DestinationStats, Feeder, FeederSettings, Rules};
+use feeder::{DestinationStats, Feeder, FeederSettings, Rules, Stop};
 use log::{Ledger, Log, LogError};
 
 /// Why a destination could not be started.
@@ -52,7 +52,7 @@ impl std::error::Error for DeliveryError {}
 
 struct Running {
     name: String,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     thread: JoinHandle<(Ledger, u64)>,
     stats: Arc<DestinationStats>,
 }
@@ -145,7 +145,7 @@ impl Delivery {
             settings,
             rules,
         );
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::default());
         let thread_stop = Arc::clone(&stop);
         // Linux keeps 15 bytes of a thread's name.
         let thread_name: String = format!("cdr_kafka-{name}").chars().take(15).collect();
@@ -167,15 +167,20 @@ impl Delivery {
     pub fn stop(&mut self, name: &str) -> Option<u64> {
         let index = self.running.iter().position(|r| r.name == name)?;
         let running = self.running.swap_remove(index);
-        running.stop.store(true, Ordering::Release);
+        running.stop.request(None);
         self.log.wake_feeders();
+        Some(self.join(running))
+    }
+
+    /// Waits for a stopping feeder; parks its ledger and returns what it left unconfirmed.
+    fn join(&mut self, running: Running) -> u64 {
         match running.thread.join() {
             Ok((ledger, unconfirmed)) => {
                 self.parked.push(ledger);
-                Some(unconfirmed)
+                unconfirmed
             }
             // The panic was logged by the hook; the ledger is reread at the next start.
-            Err(_) => Some(0),
+            Err(_) => 0,
         }
     }
 
@@ -214,8 +219,20 @@ impl Delivery {
 
     /// Stops every feeder; returns the records left unconfirmed.
     pub fn shutdown(&mut self) -> u64 {
-        let names: Vec<String> = self.running.iter().map(|r| r.name.clone()).collect();
-        let unconfirmed = names.iter().filter_map(|name| self.stop(name)).sum();
+        self.shutdown_within(None)
+    }
+
+    /// Stops every feeder at once, so they flush side by side: the whole stop takes one
+    /// flush (at most `budget`, when given), not one per destination.
+    pub fn shutdown_within(&mut self, budget: Option<Duration>) -> u64 {
+        for running in &self.running {
+            running.stop.request(budget);
+        }
+        self.log.wake_feeders();
+        let mut unconfirmed = 0;
+        for running in std::mem::take(&mut self.running) {
+            unconfirmed += self.join(running);
+        }
         self.log.sync_now();
         unconfirmed
     }

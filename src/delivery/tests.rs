@@ -24,6 +24,11 @@ struct Seen {
     break_at: Option<usize>,
     /// Panics once when this many records were taken (a destination's bug).
     panic_at: Option<usize>,
+    /// Takes records and never confirms them; its flush waits out its timeout, as with
+    /// a broker that does not answer.
+    silent: bool,
+    /// Records taken and never confirmed (silent).
+    unanswered: usize,
 }
 
 struct MemoryDestination {
@@ -70,13 +75,16 @@ impl Destination for MemoryDestination {
             self.broken = true;
             return Offer::Full;
         }
+        if seen.silent {
+            seen.unanswered += 1;
+        }
         self.taken
             .push_back((record.seq, record.record_id.to_string()));
         Offer::Taken
     }
 
     fn collect(&mut self, outcomes: &mut Vec<(u64, Outcome)>) {
-        if self.broken {
+        if self.broken || self.seen.lock().unwrap().silent {
             return;
         }
         let mut seen = self.seen.lock().unwrap();
@@ -101,7 +109,11 @@ impl Destination for MemoryDestination {
         self.taken.len() as u64
     }
 
-    fn flush(&mut self, _timeout: Duration) {}
+    fn flush(&mut self, timeout: Duration) {
+        if self.seen.lock().unwrap().silent && !self.taken.is_empty() {
+            std::thread::sleep(timeout);
+        }
+    }
 
     fn describe(&self) -> String {
         format!("memory {}", self.name)
@@ -476,4 +488,58 @@ fn record_both_destinations_fail_is_dead_lettered_once_with_both_reasons() {
         letters.contains("kafka: refused by the test; file: refused by the test"),
         "{letters}"
     );
+}
+
+/// Three destinations whose broker never answers, each holding `count` records.
+fn three_silent(tag: &str, flush_timeout: Duration, count: u64) -> (TempDir, Delivery) {
+    let dir = TempDir::new(tag);
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let feeder = FeederSettings {
+        flush_timeout,
+        ..FAST
+    };
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..3)
+        .map(|_| {
+            Arc::new(Mutex::new(Seen {
+                silent: true,
+                ..Seen::default()
+            }))
+        })
+        .collect();
+    for (name, seen) in ["a", "b", "c"].iter().zip(&seen) {
+        delivery
+            .start(MemoryDestination::boxed(name, seen), feeder)
+            .unwrap();
+    }
+    for n in 0..count {
+        append(&log, n).unwrap();
+    }
+    wait_for("every destination took every record", || {
+        seen.iter()
+            .all(|s| s.lock().unwrap().unanswered == count as usize)
+    });
+    (dir, delivery)
+}
+
+#[test]
+fn destinations_flush_side_by_side_so_a_stop_takes_one_flush_timeout_not_one_each() {
+    let (_dir, mut delivery) = three_silent("side-by-side", Duration::from_secs(1), 10);
+    let started = Instant::now();
+    let unconfirmed = delivery.shutdown();
+    let took = started.elapsed();
+    assert_eq!(unconfirmed, 30, "what no broker confirmed stays in the log");
+    // One after the other they would take 3 s.
+    assert!(took < Duration::from_millis(2500), "the stop took {took:?}");
+}
+
+#[test]
+fn a_stop_within_a_budget_cuts_every_flush_to_what_is_left() {
+    let (_dir, mut delivery) = three_silent("budget", Duration::from_secs(5), 10);
+    let started = Instant::now();
+    let unconfirmed = delivery.shutdown_within(Some(Duration::from_millis(300)));
+    let took = started.elapsed();
+    assert_eq!(unconfirmed, 30);
+    // Each destination's own flush_timeout is 5 s.
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}");
 }
