@@ -353,7 +353,7 @@ fn normalize(entries: &mut Vec<Entry<'_>>) {
 }
 
 /// Parses a JSON object into its (key, raw value) pairs, in order.
-fn parse_object(record: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ShapeError> {
+pub(crate) fn parse_object(record: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ShapeError> {
     let first = record.iter().find(|byte| !byte.is_ascii_whitespace());
     match first {
         Some(b'{') => {}

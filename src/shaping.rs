@@ -2,11 +2,12 @@
 //! `Shaper`: the shape module does the work; this adds the envelope's metadata and
 //! acc_syslog's prefixes. Runs on the destination's feeder thread.
 
-use chrono::{Local, TimeZone, Utc};
+use chrono::{Local, TimeZone};
 
 use crate::config::{DestinationType, OutputFormat, Routing, Settings};
 use crate::delivery::feeder::Shaper;
 use crate::delivery::log::{RecordKind, StoredRecord};
+use crate::record::{format_time, CdrTime};
 use crate::routing::fields::Fields;
 use crate::shape::{Format, Meta, Normalize, Shape};
 
@@ -56,21 +57,25 @@ fn control_type(payload: &[u8]) -> &'static str {
     }
 }
 
-/// Unix milliseconds in the contract's time format.
+/// Unix milliseconds in the contract's time format (the record's own formatter: no
+/// format string to read for every record).
 pub fn contract_time(ms: u64, usegmtime: bool) -> String {
     let ms = i64::try_from(ms).unwrap_or(i64::MAX);
-    const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f%z";
-    if usegmtime {
-        Utc.timestamp_millis_opt(ms)
-            .single()
-            .map(|t| t.format(FORMAT).to_string())
+    let sec = ms.div_euclid(1000);
+    let gmtoff = if usegmtime {
+        0
     } else {
         Local
-            .timestamp_millis_opt(ms)
+            .timestamp_opt(sec, 0)
             .single()
-            .map(|t| t.format(FORMAT).to_string())
-    }
-    .unwrap_or_default()
+            .map_or(0, |time| time.offset().local_minus_utc())
+    };
+    let time = CdrTime {
+        sec,
+        usec: ms.rem_euclid(1000) * 1000,
+        gmtoff,
+    };
+    format_time(time, usegmtime)
 }
 
 /// The shaper of a destination, `None` when it writes the contract as logged.
@@ -113,4 +118,30 @@ pub fn shaper(
         usegmtime: settings.usegmtime,
         acc_prefix,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Local, TimeZone, Utc};
+
+    use super::contract_time;
+
+    #[test]
+    fn contract_time_reads_like_chrono_in_both_zones() {
+        const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f%z";
+        for ms in [
+            0,
+            999,
+            1_000,
+            951_782_400_500,
+            1_768_483_800_999,
+            4_102_444_799_001,
+        ] {
+            let signed = ms as i64;
+            let utc = Utc.timestamp_millis_opt(signed).unwrap().format(FORMAT);
+            let local = Local.timestamp_millis_opt(signed).unwrap().format(FORMAT);
+            assert_eq!(contract_time(ms, true), utc.to_string(), "{ms}");
+            assert_eq!(contract_time(ms, false), local.to_string(), "{ms}");
+        }
+    }
 }

@@ -108,12 +108,12 @@ impl Stack {
     }
 
     /// The statuses of members `0..upto` for `record`, `None` when one is not known yet.
-    fn statuses(
+    fn statuses<'r>(
         &self,
         board: &BTreeMap<u64, Posted>,
         upto: usize,
-        record: &StoredRecord<'_>,
-        fields: &mut Option<Option<Fields>>,
+        record: &StoredRecord<'r>,
+        fields: &mut Option<Option<Fields<'r>>>,
     ) -> Option<Vec<Status>> {
         let flags: Vec<ControlFlag> = self.members.iter().map(|m| m.flag).collect();
         let posted = board.get(&record.seq);
