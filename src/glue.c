@@ -568,11 +568,12 @@ static void prometheus_refresh(void)
 #endif
 
 /*
- * `core stop now`, `core restart now` and SIGTERM never unload modules: Asterisk joins its
- * CDR engine, which posts every CDR still active to us, then calls exit(). This handler then
- * delivers what the spool holds, for up to flush_timeout_ms, as an unload would; whatever
- * is left stays in the spool for the next start. glibc also runs it at dlclose
- * (__cxa_finalize), after unload_module: there is nothing left to do then.
+ * `core stop now` and SIGTERM never unload modules: Asterisk joins its CDR engine, which
+ * posts every CDR still active to us, then calls exit(). This handler then delivers what
+ * the spool holds, for up to flush_timeout_ms, as an unload would; whatever is left stays
+ * in the spool for the next start (as after `core restart now`, which execs without an
+ * exit). glibc also runs it at dlclose (__cxa_finalize), after unload_module: there is
+ * nothing left to do then.
  * Asterisk's logger is closed by now, so what the module says here goes nowhere.
  */
 static int module_running;

@@ -579,8 +579,8 @@ impl Running {
         })
     }
 
-    /// Waits up to `flush_timeout_ms` until every running destination that takes
-    /// control records has confirmed record `seq` (the stop record at unload).
+    /// Waits until `deadline` for every running destination that takes control records
+    /// to confirm record `seq` (the stop record at unload).
     fn wait_for_control_record(&self, seq: u64, deadline: Instant) {
         let takers: Vec<String> = destinations::planned(&self.settings)
             .into_iter()

@@ -283,8 +283,9 @@ impl Feeder {
         }
     }
 
-    /// Passes until `stop`, then offers what is left and flushes (bounded), drops the destination and hands back
-    /// its ledger with the number of records still unconfirmed (they stay in the log).
+    /// Passes until `stop`, then offers what is left and flushes (bounded), drops the
+    /// destination and hands back its ledger with the number of records still unconfirmed
+    /// (they stay in the log).
     pub fn run(mut self, stop: &Stop) -> (Ledger, u64) {
         self.stats.running.store(true, Ordering::Release);
         while !stop.requested() {
