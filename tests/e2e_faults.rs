@@ -128,7 +128,7 @@ fn graceful_stop_with_broker_down_then_start_with_broker_up_delivers_all_once() 
 #[test]
 fn sigterm_with_the_broker_down_and_three_destinations_ends_after_one_flush_and_loses_nothing() {
     const COUNT: usize = 2_000;
-    const FLUSH_MS: u64 = 3_000;
+    const FLUSH_MS: u64 = 4_000;
     const COPY: &str = "copy";
     let _one = one_asterisk();
     let root = Root::from_env();
@@ -145,9 +145,10 @@ fn sigterm_with_the_broker_down_and_three_destinations_ends_after_one_flush_and_
     assert_eq!(asterisk.wait_for_counter("Spooled", COUNT, WAIT), COUNT);
     let took = asterisk.terminate();
     eprintln!("SIGTERM with the broker down, two Kafka destinations: ended after {took:?}");
-    // Two Kafka flushes one after the other would take 2 × FLUSH_MS.
+    // Two Kafka flushes one after the other would take 2 × FLUSH_MS, and one about
+    // FLUSH_MS + 1 s (Asterisk's own way out, librdkafka's teardown).
     assert!(
-        took < Duration::from_millis(FLUSH_MS * 2 - 500),
+        took < Duration::from_millis(FLUSH_MS * 2 - 1_000),
         "SIGTERM took {took:?}"
     );
 
