@@ -478,6 +478,17 @@ asterisk_cdr_kafka_destination_delivery_latency_seconds_count{{{labels}}} 2
         assert_eq!(text, expected);
     }
 
+    /// The exposition of a module with this one destination.
+    fn render_destination(destination: DestinationMetrics) -> String {
+        let metrics = ModuleMetrics {
+            destinations: vec![destination],
+            ..ModuleMetrics::default()
+        };
+        let mut text = String::new();
+        render(&metrics, &mut text);
+        text
+    }
+
     #[test]
     fn label_values_escape_backslash_quote_and_line_feed() {
         let destination = DestinationMetrics {
@@ -485,12 +496,7 @@ asterisk_cdr_kafka_destination_delivery_latency_seconds_count{{{labels}}} 2
             kind: "file".into(),
             ..DestinationMetrics::default()
         };
-        let metrics = ModuleMetrics {
-            destinations: vec![destination],
-            ..ModuleMetrics::default()
-        };
-        let mut text = String::new();
-        render(&metrics, &mut text);
+        let text = render_destination(destination);
         assert!(
             text.contains(
                 "asterisk_cdr_kafka_destination_up{destination=\"a\\\\b\\\"c\\nd\",type=\"file\"} 0\n"
@@ -541,12 +547,7 @@ asterisk_cdr_kafka_destination_delivery_latency_seconds_count{{{labels}}} 2
             latency: None,
             ..kafka_destination()
         };
-        let metrics = ModuleMetrics {
-            destinations: vec![destination],
-            ..ModuleMetrics::default()
-        };
-        let mut text = String::new();
-        render(&metrics, &mut text);
+        let text = render_destination(destination);
         assert!(
             text.contains("asterisk_cdr_kafka_destination_up{"),
             "{text}"
