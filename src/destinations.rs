@@ -270,7 +270,7 @@ fn syslog(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildEr
 }
 
 fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
-    use crate::delivery::http::{HttpDestination, HttpSettings, Method};
+    use crate::delivery::http::{header_shown, HttpDestination, HttpSettings, Method};
     let url = section
         .option("url")
         .map(|e| e.value.trim())
@@ -280,10 +280,12 @@ fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildErro
         settings.method = method;
     }
     for entry in section.options.iter().filter(|e| e.name == "header") {
-        let (name, value) = entry
-            .value
-            .split_once(':')
-            .ok_or_else(|| bad_option(entry, "not Name: value"))?;
+        let (name, value) = entry.value.split_once(':').ok_or_else(|| {
+            // A header's value is often a secret: the error shows its name only.
+            let mut shown = entry.clone();
+            shown.value = format!("{} (value not shown)", header_shown(&entry.value));
+            bad_option(&shown, "not Name: value")
+        })?;
         settings
             .headers
             .push((name.trim().to_string(), value.trim().to_string()));

@@ -1,15 +1,30 @@
 //! The HTTP destination: records go out in batches, one request per batch, the body
-//! the records as JSON lines (`application/x-ndjson`). A 2xx confirms the whole batch;
-//! anything else sends every record of it back to the feeder to be offered again, and
-//! the worker waits (100 ms doubling to 30 s) before its next request.
+//! the records as JSON lines (`application/x-ndjson`), in log order. A 2xx confirms the
+//! whole batch. A 400, 413 or 422 refuses some record of it: the batch is halved and
+//! each half sent again until the records the server refuses are alone, and only those
+//! are refused (dead-lettered). Another 4xx (but 408 and 429) refuses the whole batch:
+//! no record can be delivered there. Anything else (no connection, a timeout, 5xx, 408,
+//! 429, a redirect) hands the rest of the batch back to the feeder to be offered again,
+//! and the worker waits (100 ms doubling to 30 s) before its next request.
+//!
+//! Order: the queue is kept in sequence order, a record handed back going back to its
+//! place, and after a failure the worker sends nothing until the feeder has had a pass
+//! to offer the records back (the feeder offers retries before anything newer): so the
+//! failed batch goes out again before anything newer.
 //!
 //! Threads: one worker (`cdr_kafka-http`) per destination does the I/O. It is started
 //! by `new` and `rebuild`, and stopped and joined when the destination is dropped or
-//! rebuilt, on the feeder thread: it never outlives the destination. The feeder's
-//! `offer` only queues (a mutex the worker never holds across I/O) and `collect` only
-//! drains the worker's channel.
+//! rebuilt, on the feeder thread: it never outlives the destination. Stopping fires the
+//! worker's [`abort::Abort`]: a request under way ends at once (its records stay
+//! unconfirmed, for the next start), so a stop takes the feeder's flush budget, not
+//! `timeout_ms`. The feeder's `offer` only queues (a mutex the worker never holds across
+//! I/O) and `collect` only drains the worker's channel.
+//!
+//! https needs ureq's `native-tls` feature, which the build does not enable yet: until
+//! then an https request fails and is retried, naming the cause (`abort::NoTls`).
 
 use std::collections::VecDeque;
+use std::io::Read;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -17,10 +32,14 @@ use std::time::{Duration, Instant};
 
 use ureq::http::{HeaderName, HeaderValue, Uri};
 use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::transport::Connector;
 use ureq::Agent;
 
+use abort::{Abort, AbortableResolver, AbortableTcp, NoTls};
+use redact::redact;
+pub use redact::{header_shown, redact_url};
+
 use super::destination::{Destination, Offer, Outcome};
-use super::kafka::REDACTED;
 use super::log::StoredRecord;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -32,6 +51,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const QUEUED_BATCHES: usize = 2;
 /// Most of a response body read (then the connection is dropped, not reused).
 const RESPONSE_MAX: u64 = 64 * 1024;
+/// Most of a refusal's body quoted in its reason, in characters.
+const SNIPPET_CHARS: usize = 200;
 
 /// The request method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,26 +141,6 @@ impl std::fmt::Display for HttpError {
 
 impl std::error::Error for HttpError {}
 
-/// The `user:password` of `url`, if it has one.
-fn userinfo(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    authority.rfind('@').map(|at| &authority[..at])
-}
-
-/// `text` with the url's `user:password` replaced.
-fn redact(text: &str, url: &str) -> String {
-    match userinfo(url) {
-        Some(secret) if !secret.is_empty() => text.replace(secret, REDACTED),
-        _ => text.to_string(),
-    }
-}
-
-/// `url` with any `user:password` replaced.
-pub fn redact_url(url: &str) -> String {
-    redact(url, url)
-}
-
 /// Checks scheme, host and port, as an admin wrote them.
 fn check_url(url: &str) -> Result<(), HttpError> {
     let bad = |why: &str| HttpError::Url(redact_url(url), why.to_string());
@@ -177,8 +178,13 @@ fn check_url(url: &str) -> Result<(), HttpError> {
 
 fn check_headers(headers: &[(String, String)]) -> Result<(), HttpError> {
     for (name, value) in headers {
-        HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| HttpError::Header(name.clone(), "not a valid header name".into()))?;
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            // What follows the valid part may be a value written without its colon.
+            HttpError::Header(
+                format!("{}...", header_shown(name)),
+                "not a valid header name".into(),
+            )
+        })?;
         HeaderValue::from_str(value).map_err(|_| {
             HttpError::Header(
                 name.clone(),
@@ -189,20 +195,49 @@ fn check_headers(headers: &[(String, String)]) -> Result<(), HttpError> {
     Ok(())
 }
 
-/// What the worker says about one request.
+/// What the worker says about one request (or the part of a batch it gives back).
 struct Report {
     seqs: Vec<u64>,
-    delivered: bool,
+    outcome: Outcome,
     /// `200 OK`-like, or what went wrong.
     status: String,
     /// The pause before the next request (zero after a success).
     backoff: Duration,
 }
 
+/// After a failure, the worker waits for its records to come back before sending on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Hold {
+    #[default]
+    Open,
+    /// The failure is reported, the feeder has not collected it yet.
+    Reported,
+    /// Collected: the feeder offers the records back in its next pass; the collect
+    /// after that opens the hold.
+    Collected,
+}
+
 #[derive(Default)]
 struct Queue {
+    /// In sequence order: a record handed back goes back to its place.
     records: VecDeque<(u64, Vec<u8>)>,
+    /// The highest sequence number queued so far: an offer at or below it is a record
+    /// handed back (taken even past the cap: it had a place).
+    newest: Option<u64>,
+    hold: Hold,
     stop: bool,
+}
+
+impl Queue {
+    fn insert(&mut self, seq: u64, payload: Vec<u8>) {
+        if self.records.back().is_none_or(|(last, _)| *last < seq) {
+            self.records.push_back((seq, payload));
+        } else {
+            let at = self.records.partition_point(|(queued, _)| *queued < seq);
+            self.records.insert(at, (seq, payload));
+        }
+        self.newest = self.newest.max(Some(seq));
+    }
 }
 
 /// The queue the feeder fills and the worker drains.
@@ -219,6 +254,24 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn open_hold(&self) {
+        self.lock().hold = Hold::Open;
+        self.wake.notify_all();
+    }
+}
+
+/// What an answer means for the records of its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reply {
+    /// 2xx, with its status line.
+    Delivered(String),
+    /// Worth another try (what went wrong).
+    Retry(String),
+    /// 400, 413 or 422: the server refuses some record of the request (the reason).
+    Content(String),
+    /// Another 4xx: it refuses any record (the reason).
+    Refused(String),
 }
 
 /// What the worker needs to send.
@@ -232,13 +285,13 @@ struct Request {
 }
 
 impl Request {
-    fn new(settings: &HttpSettings) -> Self {
+    fn new(settings: &HttpSettings, abort: &Arc<Abort>) -> Self {
         let tls = TlsConfig::builder()
             .provider(TlsProvider::NativeTls)
             // The system's trust store, as the admin's other tools use it.
             .root_certs(RootCerts::PlatformVerifier)
             .build();
-        let agent: Agent = Agent::config_builder()
+        let config = Agent::config_builder()
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
             // A redirect of a POST would be followed as a GET: a failure, not a delivery.
@@ -246,8 +299,10 @@ impl Request {
             .max_redirects_will_error(false)
             .proxy(None)
             .tls_config(tls)
-            .build()
-            .into();
+            .build();
+        // With ureq's `native-tls` feature, `NativeTlsConnector::default()` replaces `NoTls`.
+        let connector = AbortableTcp(Arc::clone(abort)).chain(NoTls);
+        let agent = Agent::with_parts(config, connector, AbortableResolver(Arc::clone(abort)));
         Self {
             agent,
             url: settings.url.clone(),
@@ -261,8 +316,8 @@ impl Request {
         }
     }
 
-    /// Sends one body; `Ok(status line)` for a 2xx, else `Err(what happened)`.
-    fn send(&self, body: &[u8]) -> Result<String, String> {
+    /// Sends one body; what the answer means for its records.
+    fn send(&self, body: &[u8]) -> Reply {
         let mut request = match self.method {
             Method::Post => self.agent.post(&self.url),
             Method::Put => self.agent.put(&self.url),
@@ -274,9 +329,10 @@ impl Request {
         if !self.content_type {
             request = request.header("Content-Type", "application/x-ndjson");
         }
-        let mut response = request
-            .send(body)
-            .map_err(|error| redact(&error.to_string(), &self.url))?;
+        let mut response = match request.send(body) {
+            Ok(response) => response,
+            Err(error) => return Reply::Retry(redact(&error.to_string(), &self.url)),
+        };
         let status = response.status();
         let line = format!(
             "{} {}",
@@ -285,68 +341,153 @@ impl Request {
         )
         .trim_end()
         .to_string();
-        // Read so the connection can be kept; the 2xx already confirmed the batch.
+        if status.is_success() {
+            // Read so the connection can be kept; the 2xx already confirmed the batch.
+            let _ = response
+                .body_mut()
+                .with_config()
+                .limit(RESPONSE_MAX)
+                .read_to_vec();
+            return Reply::Delivered(line);
+        }
+        let mut start = Vec::new();
         let _ = response
             .body_mut()
             .with_config()
             .limit(RESPONSE_MAX)
-            .read_to_vec();
-        if status.is_success() {
-            Ok(line)
-        } else {
-            Err(line)
+            .reader()
+            .take(4 * SNIPPET_CHARS as u64)
+            .read_to_end(&mut start);
+        let reason = || {
+            let quoted = redact(&snippet(&start), &self.url);
+            match quoted.is_empty() {
+                true => format!("HTTP {line}"),
+                false => format!("HTTP {line}: {quoted}"),
+            }
+        };
+        match status.as_u16() {
+            400 | 413 | 422 => Reply::Content(reason()),
+            408 | 429 => Reply::Retry(line),
+            400..=499 => Reply::Refused(reason()),
+            _ => Reply::Retry(line),
         }
     }
 }
 
-/// The worker's loop: a batch from the queue, one request, its report, a pause after a
-/// failure. Ends when told to stop or when the destination's channel is gone.
+/// The start of a response body as one line of text, for a refusal's reason.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let line: String = words
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    match line.char_indices().nth(SNIPPET_CHARS) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line,
+    }
+}
+
+/// The worker's loop: a batch from the queue, its requests, their reports, a pause and
+/// a hold after a failure. Ends when told to stop or when the destination's channel is
+/// gone.
 fn work(shared: &Shared, request: &Request, reports: &Sender<Report>) {
     let mut backoff = Duration::ZERO;
-    let mut body = Vec::new();
-    let mut seqs = Vec::new();
     loop {
-        {
-            let mut queue = shared.lock();
-            while queue.records.is_empty() && !queue.stop {
-                queue = shared
-                    .wake
-                    .wait(queue)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            if queue.stop {
-                return;
-            }
-            body.clear();
-            let take = queue.records.len().min(request.batch_max);
-            for (seq, payload) in queue.records.drain(..take) {
-                seqs.push(seq);
-                body.extend_from_slice(&payload);
-                body.push(b'\n');
-            }
-        }
-        let (delivered, status) = match request.send(&body) {
-            Ok(status) => (true, status),
-            Err(status) => (false, status),
+        let Some(batch) = next_batch(shared, request.batch_max) else {
+            return;
         };
-        backoff = if delivered {
-            Duration::ZERO
-        } else {
-            (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+        let (seqs, status) = match send_batch(shared, request, reports, batch) {
+            Ok(()) => {
+                backoff = Duration::ZERO;
+                continue;
+            }
+            Err(None) => return,
+            Err(Some(failed)) => failed,
         };
+        backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        // Set before the report is sent: the collect that takes it sees the hold.
+        shared.lock().hold = Hold::Reported;
         let report = Report {
-            seqs: std::mem::take(&mut seqs),
-            delivered,
+            seqs,
+            outcome: Outcome::Retry,
             status,
             backoff,
         };
-        if reports.send(report).is_err() {
-            return;
-        }
-        if !backoff.is_zero() && pause(shared, backoff) {
+        if reports.send(report).is_err() || pause(shared, backoff) {
             return;
         }
     }
+}
+
+/// The first `batch_max` records of the queue, once there are some and the hold is
+/// open; `None` when told to stop.
+fn next_batch(shared: &Shared, batch_max: usize) -> Option<Vec<(u64, Vec<u8>)>> {
+    let mut queue = shared.lock();
+    while !queue.stop && (queue.records.is_empty() || queue.hold != Hold::Open) {
+        queue = shared
+            .wake
+            .wait(queue)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    if queue.stop {
+        return None;
+    }
+    let take = queue.records.len().min(batch_max);
+    Some(queue.records.drain(..take).collect())
+}
+
+/// Sends `batch`, halving a part whose content the server refuses until the records it
+/// refuses are alone, and reports each part's outcome. `Err(Some((records, status)))`:
+/// a request failed and these records (that part and the ones after it) go back;
+/// `Err(None)`: told to stop (what was not reported stays in flight).
+fn send_batch(
+    shared: &Shared,
+    request: &Request,
+    reports: &Sender<Report>,
+    batch: Vec<(u64, Vec<u8>)>,
+) -> Result<(), Option<(Vec<u64>, String)>> {
+    // Parts still to send, the next one last.
+    let mut parts = vec![batch];
+    let mut body = Vec::new();
+    while let Some(mut part) = parts.pop() {
+        body.clear();
+        for (_, payload) in &part {
+            body.extend_from_slice(payload);
+            body.push(b'\n');
+        }
+        let (outcome, status) = match request.send(&body) {
+            Reply::Delivered(line) => (Outcome::Delivered, line),
+            Reply::Content(_) if part.len() > 1 => {
+                let second = part.split_off(part.len() / 2);
+                parts.push(second);
+                parts.push(part);
+                continue;
+            }
+            Reply::Content(reason) | Reply::Refused(reason) => {
+                (Outcome::Refused(reason.clone()), reason)
+            }
+            Reply::Retry(status) => {
+                let back = std::iter::once(part)
+                    .chain(parts.into_iter().rev())
+                    .flatten()
+                    .map(|(seq, _)| seq)
+                    .collect();
+                return Err(Some((back, status)));
+            }
+        };
+        let report = Report {
+            seqs: part.iter().map(|(seq, _)| *seq).collect(),
+            outcome,
+            status,
+            backoff: Duration::ZERO,
+        };
+        if reports.send(report).is_err() || shared.lock().stop {
+            return Err(None);
+        }
+    }
+    Ok(())
 }
 
 /// Waits `length` unless told to stop; true when told to.
@@ -369,6 +510,7 @@ fn pause(shared: &Shared, length: Duration) -> bool {
 
 struct Worker {
     shared: Arc<Shared>,
+    abort: Arc<Abort>,
     reports: Receiver<Report>,
     thread: Option<JoinHandle<()>>,
 }
@@ -376,14 +518,16 @@ struct Worker {
 impl Worker {
     fn start(settings: &HttpSettings) -> Result<Self, std::io::Error> {
         let shared = Arc::new(Shared::default());
+        let abort = Arc::new(Abort::default());
         let (sender, reports) = mpsc::channel();
-        let request = Request::new(settings);
+        let request = Request::new(settings, &abort);
         let worker_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("cdr_kafka-http".into())
             .spawn(move || work(&worker_shared, &request, &sender))?;
         Ok(Self {
             shared,
+            abort,
             reports,
             thread: Some(thread),
         })
@@ -394,8 +538,10 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.wake.notify_all();
+        // A request under way ends now: its records were not confirmed, they stay in the log.
+        self.abort.fire();
         if let Some(thread) = self.thread.take() {
-            // A request under way ends within the timeout; a panic was already logged.
+            // A panic was already logged.
             let _ = thread.join();
         }
     }
@@ -436,12 +582,8 @@ impl HttpDestination {
     }
 
     fn take(&mut self, report: Report, outcomes: &mut Vec<(u64, Outcome)>) {
-        let outcome = if report.delivered {
-            Outcome::Delivered
-        } else {
-            Outcome::Retry
-        };
         self.in_flight = self.in_flight.saturating_sub(report.seqs.len() as u64);
+        let outcome = report.outcome;
         outcomes.extend(report.seqs.into_iter().map(|seq| (seq, outcome.clone())));
         self.last_status = Some(report.status);
         self.backoff = report.backoff;
@@ -459,12 +601,11 @@ impl Destination for HttpDestination {
         }
         {
             let mut queue = self.worker.shared.lock();
-            if queue.records.len() >= self.settings.batch_max * QUEUED_BATCHES {
+            let handed_back = queue.newest.is_some_and(|newest| record.seq <= newest);
+            if !handed_back && queue.records.len() >= self.settings.batch_max * QUEUED_BATCHES {
                 return Offer::Full;
             }
-            queue
-                .records
-                .push_back((record.seq, record.payload.to_vec()));
+            queue.insert(record.seq, record.payload.to_vec());
         }
         self.worker.shared.wake.notify_one();
         self.in_flight += 1;
@@ -473,15 +614,30 @@ impl Destination for HttpDestination {
 
     fn collect(&mut self, outcomes: &mut Vec<(u64, Outcome)>) {
         outcomes.append(&mut self.early);
+        let mut failed = false;
         loop {
             match self.worker.reports.try_recv() {
-                Ok(report) => self.take(report, outcomes),
-                Err(TryRecvError::Empty) => return,
+                Ok(report) => {
+                    failed |= report.outcome == Outcome::Retry;
+                    self.take(report, outcomes);
+                }
+                Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     self.broken = Some("the HTTP worker thread ended".into());
-                    return;
+                    break;
                 }
             }
+        }
+        let shared = &self.worker.shared;
+        let mut queue = shared.lock();
+        queue.hold = match (queue.hold, failed) {
+            (Hold::Reported, true) => Hold::Collected,
+            // The feeder has had its pass to offer the records back.
+            (Hold::Collected, false) => Hold::Open,
+            (hold, _) => hold,
+        };
+        if queue.hold == Hold::Open {
+            shared.wake.notify_all();
         }
     }
 
@@ -507,10 +663,15 @@ impl Destination for HttpDestination {
     fn flush(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut early = std::mem::take(&mut self.early);
+        // The feeder offers nothing back during a flush: no hold.
+        self.worker.shared.open_hold();
         while self.in_flight > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.worker.reports.recv_timeout(left) {
-                Ok(report) => self.take(report, &mut early),
+                Ok(report) => {
+                    self.take(report, &mut early);
+                    self.worker.shared.open_hold();
+                }
                 Err(_) => break,
             }
         }
@@ -532,5 +693,7 @@ impl Destination for HttpDestination {
     }
 }
 
+mod abort;
+mod redact;
 #[cfg(test)]
 mod tests;
