@@ -233,17 +233,24 @@ fn describe_says_when_the_producer_is_the_global_one() {
 }
 
 #[test]
-fn a_seat_with_reports_outstanding_is_not_given_to_a_new_destination() {
+fn a_seat_with_reports_outstanding_waits_for_its_own_destination() {
     let producer = SharedProducer::new(settings("127.0.0.1:9")).expect("producer");
-    let first = producer.attach().expect("seat");
+    let first = producer.attach("copy").expect("seat");
     let index = first.index;
     first.sending();
     drop(first);
-    let second = producer.attach().expect("seat");
+    let second = producer.attach("billing").expect("seat");
     assert_ne!(second.index, index, "a late report would reach the new one");
-    producer.slot(index).expect("slot").reported();
     drop(second);
-    assert_eq!(producer.attach().expect("seat").index, index);
+    let again = producer.attach("copy").expect("seat");
+    assert_eq!(
+        again.index, index,
+        "copy gets back its seat and the reports due"
+    );
+    assert_eq!(again.outstanding(), 1);
+    producer.slot(index).expect("slot").reported();
+    drop(again);
+    assert_eq!(producer.attach("audit").expect("seat").index, index);
 }
 
 #[test]
