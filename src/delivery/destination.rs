@@ -53,11 +53,6 @@ pub trait Destination: Send {
     /// come through `collect`).
     fn flush(&mut self, timeout: Duration);
 
-    /// A stop could not wait for the records in flight: takes back those not sent
-    /// yet, so none goes out after the stop (their outcomes come through `collect`
-    /// within `timeout`). What was already sent may still be confirmed later.
-    fn withdraw(&mut self, _timeout: Duration) {}
-
     /// One line for the status: what it is connected to and how it is doing.
     fn describe(&self) -> String;
 }

@@ -29,8 +29,6 @@ const BATCH_BYTES: usize = 1024 * 1024;
 const PRESSURE_WINDOW: Duration = Duration::from_millis(2);
 /// How long a feeder with nothing to do sleeps, unless an append wakes it.
 const IDLE_WINDOW: Duration = Duration::from_secs(1);
-/// How long a stop waits for the reports of records withdrawn from a destination.
-const WITHDRAW_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long a broken destination waits before it is rebuilt again.
 const REBUILD_PAUSE: Duration = Duration::from_secs(1);
 
@@ -314,15 +312,6 @@ impl Feeder {
         self.destination
             .flush(stop.flush_timeout(self.settings.flush_timeout));
         self.settle();
-        if self.destination.in_flight() > 0 {
-            // Not confirmed in time: what was not sent yet must not go out after the
-            // stop, or the next start would hand it over a second time.
-            let destination = &mut self.destination;
-            if catch_unwind(AssertUnwindSafe(|| destination.withdraw(WITHDRAW_TIMEOUT))).is_err() {
-                DestinationStats::add(&self.stats.panics, 1);
-            }
-            self.settle();
-        }
         // What the flush confirmed is written down: not offered again after a restart.
         let _ = self.ledger.write();
         let _ = self.ledger.sync();
@@ -745,11 +734,17 @@ impl Feeder {
                 Admit::GiveUp => {
                     let limit = self.rules.give_up_after.unwrap_or_default();
                     DestinationStats::add(&self.stats.gave_up, 1);
+                    if !self.retrying {
+                        DestinationStats::add(&self.stats.matched, 1);
+                    }
                     self.fail(seq, give_up_reason(limit));
                     self.cursor = self.cursor.max(seq + 1);
                     continue;
                 }
                 Admit::Refuse(reason) => {
+                    if !self.retrying {
+                        DestinationStats::add(&self.stats.matched, 1);
+                    }
                     self.fail(seq, reason);
                     self.cursor = self.cursor.max(seq + 1);
                     continue;

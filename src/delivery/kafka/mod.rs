@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
+use rdkafka::producer::{BaseRecord, Producer};
 
 use super::destination::{Destination, Offer, Outcome};
 use super::log::StoredRecord;
@@ -288,33 +288,6 @@ impl Destination for KafkaDestination {
             self.flush_own(seat, timeout);
         } else {
             let _ = self.generation.producer.flush(timeout);
-        }
-    }
-
-    fn withdraw(&mut self, timeout: Duration) {
-        let Some(seat) = &self.seat else {
-            return;
-        };
-        if self.in_flight == 0 || self.fatal.is_some() {
-            return;
-        }
-        // Only what is queued: a record in flight to the broker may be written there
-        // yet, and its report reaches this destination's next run through the seat.
-        // On a shared producer this also withdraws the other destinations' queued
-        // records: they get a retriable report and are sent again by their feeders.
-        self.generation
-            .producer
-            .purge(PurgeConfig::default().queue());
-        let deadline = Instant::now() + timeout;
-        while seat.waiting(self.generation.number) < self.in_flight {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            self.generation.serve();
-            if seat.waiting(self.generation.number) < self.in_flight {
-                self.generation.producer.poll(left.min(FLUSH_POLL));
-            }
         }
     }
 
