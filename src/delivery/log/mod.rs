@@ -3,9 +3,10 @@
 //!
 //! Parts: `format` (the bytes), `recovery` (opening a folder), `writer` (appending,
 //! starting segments), `reader` (batches for the feeders), `index` (where each entry
-//! is, and how much lies after it), `ledger` (one destination's confirmations), `folder`
-//! (where the log lives, its lock), `io` (every file operation, with faults injectable
-//! for the tests). This file holds the shared state and the housekeeping.
+//! is, and how much lies after it), `ledger` (one destination's confirmations),
+//! `compaction` (a ledger's rewrite, also on a full disk), `folder` (where the log
+//! lives, its lock), `io` (every file operation, with faults injectable for the tests).
+//! This file holds the shared state and the housekeeping.
 //!
 //! Files: the log keeps one segment open, the current one (the writer's); a sealed
 //! segment is opened by a reader when it reads it and kept by that reader only while it
@@ -19,6 +20,7 @@
 //! every destination confirmed, syncing, giving the space of a delivered segment back).
 //! std locks only: no thread-local state on Asterisk's threads.
 
+mod compaction;
 pub mod folder;
 pub mod format;
 mod index;

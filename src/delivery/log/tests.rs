@@ -790,3 +790,59 @@ fn a_destination_confirming_within_300_ms_at_1_mb_a_second_never_fills_a_1_mib_s
     assert_eq!(refused, 0, "at most {most_held} bytes were undelivered");
     assert!(most_held < MAX / 2, "{most_held}");
 }
+
+#[test]
+fn on_a_full_disk_confirmations_still_become_durable_and_the_disk_is_given_back() {
+    let dir = TempDir::new("full-ledger");
+    let io = Io::with_faults(FaultPlan::default());
+    let log = Log::open_with(
+        LogSettings {
+            sync: SyncPolicy::Interval,
+            ..settings(&dir.0)
+        },
+        io.clone(),
+    )
+    .unwrap()
+    .with_segment_bytes(4096);
+    let mut ledger = log.register("global").unwrap();
+    let mut n = 0;
+    // Outage after outage, each filling the disk.
+    for round in 0..3 {
+        io.set_room(30_000);
+        while append(&log, n).is_ok() {
+            n += 1;
+        }
+        n += 1;
+        // Not a byte left (what one record could not use, something else took).
+        io.fill_disk();
+        let held = segment_files(&dir.0).len();
+        assert!(held >= 6);
+        // The destination is back and confirms everything.
+        for seq in 0..log.next_seq() {
+            ledger.ack(seq);
+        }
+        ledger
+            .write()
+            .unwrap_or_else(|error| panic!("round {round}: confirmations not written: {error}"));
+        ledger.sync().unwrap();
+        assert_eq!(
+            ledger.watermarks().durable.load(Ordering::Acquire),
+            log.next_seq()
+        );
+        log.maintain();
+        assert_eq!(
+            segment_files(&dir.0).len(),
+            1,
+            "round {round}: delivered segments deleted"
+        );
+        assert!(
+            append(&log, n).is_ok(),
+            "round {round}: records are spooled again"
+        );
+        n += 1;
+    }
+    drop((ledger, log));
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(pending_ids(&log, &ledger), vec![format!("id-{}", n - 1)]);
+}
