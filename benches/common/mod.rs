@@ -168,12 +168,17 @@ pub fn settings_with_sections(
         value: (*value).to_string(),
         line: line as i32 + 2,
     })
-    .chain(sections.iter().enumerate().map(|(line, (section, name, value))| Entry {
-        section: (*section).into(),
-        name: (*name).into(),
-        value: (*value).to_string(),
-        line: line as i32 + 100,
-    }))
+    .chain(
+        sections
+            .iter()
+            .enumerate()
+            .map(|(line, (section, name, value))| Entry {
+                section: (*section).into(),
+                name: (*name).into(),
+                value: (*value).to_string(),
+                line: line as i32 + 100,
+            }),
+    )
     .collect();
     config::parse(
         &entries,
