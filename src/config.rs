@@ -439,7 +439,8 @@ pub fn parse(
                 settings.flush_timeout = Duration::from_millis(ms);
             }
             "linger_ms" => {
-                let ms = parse_number(entry, CONFIG_FILE, 0, 900_000)?;
+                // 0 would make a feeder pass without pause while records are in flight.
+                let ms = parse_number(entry, CONFIG_FILE, 1, 900_000)?;
                 settings.linger = Duration::from_millis(ms);
             }
             "connection" => producer_entries.push(entry),
@@ -1006,7 +1007,7 @@ mod tests {
             ("loguniqueid", "perhaps", "not yes or no"),
             ("usegmtime", "2", "not yes or no"),
             ("enable_idempotence", "sometimes", "not yes or no"),
-            ("linger_ms", "-5", "not a whole number from 0 to 900000"),
+            ("linger_ms", "0", "not a whole number from 1 to 900000"),
             ("message_timeout_ms", "soon", "not a whole number"),
             ("queue_buffering_max_messages", "0", "from 1 to"),
             ("flush_timeout_ms", "forever", "not a whole number"),

@@ -96,7 +96,10 @@ pub fn route(name: &str, routing: &Routing) -> Route {
 pub fn stack(settings: &Settings) -> Option<Arc<Stack>> {
     let members = planned(settings)
         .iter()
-        .map(|p| Member::new(p.routing.control, route(&p.name, &p.routing)))
+        .map(|p| {
+            Member::new(p.routing.control, route(&p.name, &p.routing))
+                .with_give_up_after(p.routing.give_up_after)
+        })
         .collect();
     let stack = Stack::new(members);
     stack.is_coupled().then_some(stack)

@@ -1128,7 +1128,7 @@ fn set_destination_enabled_in(
         (true, true) => Ok(format!("destination '{name}' is already enabled")),
         (false, false) => Ok(format!("destination '{name}' is already disabled")),
         (false, true) => {
-            let unconfirmed = delivery.stop(name).unwrap_or(0);
+            let unconfirmed = delivery.disable(name).unwrap_or(0);
             let waiting = delivery.waiting_for(name);
             ast_log!(Notice, "destination '{name}' disabled from the CLI");
             Ok(format!(

@@ -134,8 +134,9 @@ fn wait_until_settled(asterisk: &Asterisk<'_>) -> HashMap<String, Row> {
         }
         assert!(
             Instant::now() < deadline,
-            "destinations did not settle:\n{}",
-            asterisk.rx("cdr kafka show destinations")
+            "destinations did not settle:\n{}\n{}",
+            asterisk.rx("cdr kafka show destinations"),
+            asterisk.rx("cdr kafka show status")
         );
         sleep(Duration::from_millis(200));
     }
@@ -985,5 +986,114 @@ fn loaded_at_boot_with_prometheus_and_every_destination_type_unloads_cleanly() {
     assert!(
         !http_get(port, "/metrics").contains("asterisk_cdr_kafka_"),
         "metrics left behind"
+    );
+}
+
+/// The `linkedid/sequence` of each record on `topic` (a CDR's identity).
+fn identities(root: &Root, brokers: &str, topic: &str) -> Vec<String> {
+    root.read_topic(brokers, topic)
+        .iter()
+        .map(|message| {
+            let record = message.json();
+            record["linkedid"].as_str().unwrap_or("").to_string()
+                + "/"
+                + &record["sequence"].to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn disable_and_enable_across_a_broker_outage_doubles_no_record_on_a_shared_producer() {
+    let _one = lock();
+    let root = Root::from_env();
+    let mut tansu = Tansu::start_behind_relay();
+    tansu.create_topic("all");
+    tansu.create_topic("copy");
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\nflush_timeout_ms = 1000\n\n\
+         [copy]\ntype = kafka\ntopic = copy\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    asterisk.flood(100);
+    wait_until_settled(&asterisk);
+    tansu.cut_off();
+    asterisk.flood(250);
+    // The copies sit in the shared producer's queue when the destination stops.
+    let out = asterisk.rx("cdr kafka destination disable copy");
+    assert!(out.contains("destination 'copy' disabled"), "{out}");
+    tansu.reconnect();
+    asterisk.flood(150);
+    let out = asterisk.rx("cdr kafka destination enable copy");
+    assert!(out.contains("enabled"), "{out}");
+    wait_until_settled(&asterisk);
+
+    let all = identities(&root, &tansu.brokers(), "all");
+    let copy = identities(&root, &tansu.brokers(), "copy");
+    let unique: HashSet<&String> = copy.iter().collect();
+    assert_eq!(
+        copy.len() - unique.len(),
+        0,
+        "records twice on the copy topic"
+    );
+    assert_eq!(unique.len(), 500, "every record on the copy topic");
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 500);
+}
+
+#[test]
+fn a_disabled_alternative_lets_the_sufficient_file_take_the_records_after_give_up() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    let dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-disabled-alt");
+    let conf = format!(
+        "[global]\nbrokers = {}\ntopic = all\ncontrol = alternative\ngive_up_after_ms = 3000\n\n\
+         [archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-disabled-alt/cdr.jsonl\ncontrol = sufficient\n",
+        tansu.brokers()
+    );
+    let asterisk = start(&root, &conf);
+    asterisk.flood(50);
+    wait_until_settled(&asterisk);
+    assert_eq!(
+        file_lines(&dir).values().flatten().count(),
+        0,
+        "Kafka took them"
+    );
+    let out = asterisk.rx("cdr kafka destination disable global");
+    assert!(out.contains("destination 'global' disabled"), "{out}");
+    asterisk.flood(200);
+    let rows = wait_until_settled(&asterisk);
+    let in_file: HashSet<String> = file_lines(&dir)
+        .values()
+        .flatten()
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).expect("JSON");
+            record["linkedid"].as_str().unwrap_or("").to_string()
+                + "/"
+                + &record["sequence"].to_string()
+        })
+        .collect();
+    assert_eq!(
+        in_file.len(),
+        200,
+        "the file took what the disabled Kafka could not"
+    );
+    assert_eq!(rows["archive"].delivered, 200);
+    // Enabled again, Kafka does not deliver what the walk already gave up for it.
+    asterisk.rx("cdr kafka destination enable global");
+    asterisk.flood(20);
+    wait_until_settled(&asterisk);
+    let on_kafka = identities(&root, &tansu.brokers(), "all");
+    assert_eq!(
+        on_kafka.len(),
+        70,
+        "Kafka has the records before and after, once each"
+    );
+    assert!(on_kafka.iter().all(|id| !in_file.contains(id)));
+    let dead_letters = root.spool().join("dead-letter.jsonl");
+    assert!(
+        !dead_letters.exists() || fs::read_to_string(&dead_letters).unwrap().is_empty(),
+        "no final failure"
     );
 }

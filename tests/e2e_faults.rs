@@ -237,3 +237,48 @@ fn twenty_kill_9_cycles_under_load_lose_nothing() {
     );
     assert!(!asterisk.log().contains("Segmentation"));
 }
+
+/// The spool's segment files (`*.log`) Asterisk has open.
+fn open_segments(asterisk: &Asterisk<'_>) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", asterisk.pid())).expect("Asterisk's fds");
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| {
+            target.extension().is_some_and(|e| e == "log")
+                && target.to_string_lossy().contains("cdr_kafka")
+        })
+        .count()
+}
+
+#[test]
+fn an_outage_of_five_segments_with_two_destinations_keeps_few_files_open_and_delivers_all() {
+    const COUNT: usize = 85_000;
+    let _one = one_asterisk();
+    let root = Root::from_env();
+    let archive = root.path.join("var/log/asterisk/cdrk-e2e-outage");
+    let _ = std::fs::remove_dir_all(&archive);
+    std::fs::create_dir_all(&archive).expect("the archive's folder");
+    let (mut tansu, asterisk) = setup(
+        &root,
+        "\n[archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-outage/cdr.jsonl\n",
+    );
+    tansu.cut_off();
+    asterisk.flood(COUNT);
+    assert_eq!(asterisk.wait_for_counter("Spooled", COUNT, WAIT), COUNT);
+    let status = asterisk.rx("cdr kafka show status");
+    // ~1 KB a record: over five 16 MiB segments wait for Kafka.
+    let open = open_segments(&asterisk);
+    assert!(
+        open <= 3,
+        "{open} segment files open (at most the writer's and one per destination)\n{status}"
+    );
+    tansu.reconnect();
+    assert_eq!(
+        asterisk.wait_for_counter("Delivered", COUNT, Duration::from_secs(180)),
+        COUNT
+    );
+    let counts = wait_for_records(&root, &tansu, COUNT);
+    assert_eq!(counts.len(), COUNT);
+    assert_eq!(duplicates(&counts), 0, "none twice");
+    assert!(open_segments(&asterisk) <= 3);
+}

@@ -135,6 +135,17 @@ pub fn identity() -> Identity {
 /// CDR_KAFKA_BENCH_SETTINGS (`name=value,name=value`, cdr_kafka.conf's names) says otherwise,
 /// to measure another setting the same way.
 pub fn settings(brokers: &str, topic: &str, spool_dir: &Path, extra: &[(&str, &str)]) -> Settings {
+    settings_with_sections(brokers, topic, spool_dir, extra, &[])
+}
+
+/// `settings`, with destination sections: `(section, option, value)` entries.
+pub fn settings_with_sections(
+    brokers: &str,
+    topic: &str,
+    spool_dir: &Path,
+    extra: &[(&str, &str)],
+    sections: &[(&str, &str, &str)],
+) -> Settings {
     let spool_dir = spool_dir.display().to_string();
     let from_env = std::env::var("CDR_KAFKA_BENCH_SETTINGS").unwrap_or_default();
     let from_env: Vec<(&str, &str)> = from_env
@@ -157,6 +168,17 @@ pub fn settings(brokers: &str, topic: &str, spool_dir: &Path, extra: &[(&str, &s
         value: (*value).to_string(),
         line: line as i32 + 2,
     })
+    .chain(
+        sections
+            .iter()
+            .enumerate()
+            .map(|(line, (section, name, value))| Entry {
+                section: (*section).into(),
+                name: (*name).into(),
+                value: (*value).to_string(),
+                line: line as i32 + 100,
+            }),
+    )
     .collect();
     config::parse(
         &entries,

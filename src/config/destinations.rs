@@ -385,7 +385,7 @@ pub fn parse_section(
             continue;
         }
         if entry.name == "linger_ms" {
-            let ms = parse_number(entry, CONFIG_FILE, 0, 900_000)?;
+            let ms = parse_number(entry, CONFIG_FILE, 1, 900_000)?;
             routing.linger = Some(Duration::from_millis(ms));
             continue;
         }

@@ -99,6 +99,9 @@ pub struct Rules {
     pub stack: Option<(Arc<Stack>, usize)>,
     /// This destination's own batching window, when it has one.
     pub batch_window: Option<Duration>,
+    /// When this run started (Unix ms): a record of an earlier run counts its
+    /// `give_up_after` from here, so downtime alone never gives a record up.
+    pub tried_since_ms: u64,
 }
 
 impl Rules {
@@ -117,6 +120,7 @@ impl Rules {
             give_up_after: None,
             stack: None,
             batch_window: None,
+            tried_since_ms: 0,
         }
     }
 }
@@ -212,7 +216,7 @@ pub struct Feeder {
     last_rebuild: Option<Instant>,
     broke_log: RateLimit,
     /// Failures waiting for the stack's verdict (coupled stacks only).
-    held: Vec<u64>,
+    held: VecDeque<u64>,
     /// The cursor stopped at a record the stack has no answer for yet.
     waiting_on_stack: bool,
     /// Records offered again from `retries` (not counted as matched twice).
@@ -250,7 +254,7 @@ impl Feeder {
         }
         let cursor = ledger.state().watermark;
         if let Some((stack, index)) = &rules.stack {
-            stack.attach(*index, ledger.watermarks());
+            stack.attach(*index, ledger.watermarks(), rules.tried_since_ms);
         }
         stats.watermark.store(cursor, Ordering::Relaxed);
         Self {
@@ -272,7 +276,7 @@ impl Feeder {
             rules,
             last_rebuild: None,
             broke_log: RateLimit::new(10),
-            held: Vec::new(),
+            held: VecDeque::new(),
             waiting_on_stack: false,
             retrying: false,
             captured: std::collections::HashMap::new(),
@@ -431,9 +435,13 @@ impl Feeder {
                         self.post(seq, Status::Ok, None);
                     }
                 }
+                // At or past the cursor: read again from the log anyway (a report of
+                // a record a stopped run of this destination handed over).
+                Outcome::Retry if seq >= self.cursor => {}
                 Outcome::Retry => match (captured, self.rules.give_up_after) {
                     (Some(at), Some(limit))
-                        if now.saturating_sub(at) >= limit.as_millis() as u64 =>
+                        if now.saturating_sub(at.max(self.rules.tried_since_ms))
+                            >= limit.as_millis() as u64 =>
                     {
                         self.fail(seq, give_up_reason(limit));
                     }
@@ -504,43 +512,43 @@ impl Feeder {
             self.stats
                 .set_last_error(format!("record failed: {reason}"));
             self.post(seq, Status::Failed, Some(reason));
-            self.held.push(seq);
+            self.held.push_back(seq);
         } else {
             self.refusals.push_back((seq, reason));
         }
     }
 
     /// Confirms held failures whose verdict is in, writing the dead letter of a
-    /// record whose final status is failure (once, by one destination).
+    /// record whose final status is failure (once, by one destination). Goes in log
+    /// order and stops at the first record without a verdict: a pass never walks a
+    /// backlog of failures another destination has yet to deal with.
     fn settle_held(&mut self) {
         let Some((stack, _)) = self.rules.stack.clone() else {
             return;
         };
-        let mut still_held = Vec::new();
-        for seq in std::mem::take(&mut self.held) {
-            // A record another destination has not dealt with yet is not read again.
+        while let Some(&seq) = self.held.front() {
             if !stack.is_settled_by_all(seq) {
-                still_held.push(seq);
-                continue;
+                return;
             }
             match self.log.read_one(seq, &mut self.batch) {
-                Ok(false) => continue,
+                Ok(false) => {
+                    self.held.pop_front();
+                    continue;
+                }
                 Ok(true) => {}
                 Err(error) => {
                     self.read_failed(&error);
-                    still_held.push(seq);
-                    continue;
+                    return;
                 }
             }
             let Some((_, Some(record))) = self.batch.records().next() else {
+                self.held.pop_front();
                 self.ledger.ack(seq);
                 continue;
             };
             match stack.verdict(&record) {
-                Verdict::Pending => still_held.push(seq),
-                Verdict::Success | Verdict::FailureWritten => {
-                    self.ledger.ack(seq);
-                }
+                Verdict::Pending => return,
+                Verdict::Success | Verdict::FailureWritten => {}
                 Verdict::FailureWrite(reasons) => {
                     let reason = reasons
                         .iter()
@@ -552,20 +560,16 @@ impl Feeder {
                         .map(|(name, _)| name.as_str())
                         .collect::<Vec<_>>()
                         .join(",");
-                    match self.dead_letters.write(&failed_at, &record, &reason) {
-                        Ok(()) => {
-                            self.ledger.ack(seq);
-                        }
-                        Err(error) => {
-                            stack.unclaim(seq);
-                            still_held.push(seq);
-                            self.dead_letter_failed(&error);
-                        }
+                    if let Err(error) = self.dead_letters.write(&failed_at, &record, &reason) {
+                        stack.unclaim(seq);
+                        self.dead_letter_failed(&error);
+                        return;
                     }
                 }
             }
+            self.held.pop_front();
+            self.ledger.ack(seq);
         }
-        self.held = still_held;
     }
 
     /// Decides what this destination does with `record`, rendering its topic and
@@ -590,7 +594,8 @@ impl Feeder {
             }
         }
         if let Some(limit) = rules.give_up_after {
-            if now_ms().saturating_sub(record.captured_ms) >= limit.as_millis() as u64 {
+            let tried_since = record.captured_ms.max(rules.tried_since_ms);
+            if now_ms().saturating_sub(tried_since) >= limit.as_millis() as u64 {
                 return Admit::GiveUp;
             }
         }
@@ -729,11 +734,17 @@ impl Feeder {
                 Admit::GiveUp => {
                     let limit = self.rules.give_up_after.unwrap_or_default();
                     DestinationStats::add(&self.stats.gave_up, 1);
+                    if !self.retrying {
+                        DestinationStats::add(&self.stats.matched, 1);
+                    }
                     self.fail(seq, give_up_reason(limit));
                     self.cursor = self.cursor.max(seq + 1);
                     continue;
                 }
                 Admit::Refuse(reason) => {
+                    if !self.retrying {
+                        DestinationStats::add(&self.stats.matched, 1);
+                    }
                     self.fail(seq, reason);
                     self.cursor = self.cursor.max(seq + 1);
                     continue;

@@ -79,6 +79,9 @@ pub struct Delivery {
     /// The `[global]` producer the Kafka destinations without brokers of their own share
     /// (kept for a destination enabled later; dropped on the thread that drops this).
     pub shared_producer: Option<Arc<kafka::SharedProducer>>,
+    /// When this run started (Unix ms): `give_up_after_ms` counts from here for the
+    /// records of an earlier run.
+    started_ms: u64,
 }
 
 impl Delivery {
@@ -92,6 +95,7 @@ impl Delivery {
             stats: Vec::new(),
             stack: None,
             shared_producer: None,
+            started_ms: log::now_ms(),
         }
     }
 
@@ -120,8 +124,9 @@ impl Delivery {
         &mut self,
         destination: Box<dyn Destination>,
         settings: FeederSettings,
-        rules: Rules,
+        mut rules: Rules,
     ) -> Result<u64, DeliveryError> {
+        rules.tried_since_ms = self.started_ms;
         let name = destination.name().to_string();
         let unconfirmed = self.stop(&name).unwrap_or(0);
         let ledger = match self.parked.iter().position(|l| l.name() == name) {
@@ -182,6 +187,19 @@ impl Delivery {
             // The panic was logged by the hook; the ledger is reread at the next start.
             Err(_) => 0,
         }
+    }
+
+    /// Stops a destination until it is started again (the CLI's disable): the log keeps
+    /// its records, and destinations after it in the stack stop waiting for it once
+    /// its `give_up_after_ms` has passed.
+    pub fn disable(&mut self, name: &str) -> Option<u64> {
+        let unconfirmed = self.stop(name)?;
+        if let Some(stack) = &self.stack {
+            if let Some(index) = stack.index_of(name) {
+                stack.detach(index);
+            }
+        }
+        Some(unconfirmed)
     }
 
     /// Stops a destination for good: the log no longer keeps records for it.

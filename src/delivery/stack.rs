@@ -4,26 +4,69 @@
 //! whose final status is failure is dead-lettered once, with every destination's
 //! reason (see `routing::control` for the rules).
 //!
-//! Shared by the feeder threads (one lock, held for map look-ups only). Nothing here
+//! Memory: the board is dense, two bytes per record and destination (a status, a
+//! claim bit and the number of an interned reason), kept in chunks from the lowest
+//! watermark of the stack up; what every destination confirmed is dropped, whole
+//! chunks at a time. No map entry per record, whatever the backlog.
+//!
+//! A disabled destination posts nothing. For the walk it counts as not
+//! confirmed: once a record is older than its `give_up_after_ms` (counted from the
+//! capture, or from the start of this run for records of an earlier one) it has failed
+//! there, so destinations after it get the record; without `give_up_after_ms` they
+//! wait for it.
+//!
+//! Shared by the feeder threads (one lock, held for look-ups only). Nothing here
 //! is written to disk: a failed record is confirmed in its destination's ledger only
-//! once the verdict is in, so after a restart it is tried again and fails again (a
-//! give-up is decided by the record's age, which only grows), while a record a
-//! destination confirmed counts as delivered (or not taken, by its rules).
+//! once the verdict is in, so after a restart it is tried again and fails again,
+//! while a record a destination confirmed counts as delivered (or not taken, by its
+//! rules).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use super::log::{StoredRecord, Watermarks};
+use super::log::{now_ms, StoredRecord, Watermarks};
 use crate::routing::control::{final_success, reached, ControlFlag, Status};
 use crate::routing::fields::Fields;
 use crate::routing::{Decision, Route};
+
+/// Records per chunk of the board: what is freed at once.
+const CHUNK_RECORDS: usize = 4096;
+const STATUS_SHIFT: u16 = 14;
+/// Set in a record's first cell: its dead letter was handed to one destination.
+const CLAIMED: u16 = 1 << 13;
+const REASON_MASK: u16 = CLAIMED - 1;
+/// The reason number standing for a reason the board had no room to keep.
+const REASON_OVERFLOW: u16 = REASON_MASK;
+
+fn encode(status: Status) -> u16 {
+    let code = match status {
+        Status::Ok => 1,
+        Status::Passed => 2,
+        Status::Failed => 3,
+    };
+    code << STATUS_SHIFT
+}
+
+fn decode(cell: u16) -> Option<Status> {
+    match cell >> STATUS_SHIFT {
+        1 => Some(Status::Ok),
+        2 => Some(Status::Passed),
+        3 => Some(Status::Failed),
+        _ => None,
+    }
+}
 
 /// One destination of the stack.
 pub struct Member {
     pub flag: ControlFlag,
     pub route: Route,
+    /// Its `give_up_after_ms`: how long the walk waits for it while it is stopped.
+    pub give_up_after: Option<Duration>,
     confirmed: Mutex<Option<Arc<Watermarks>>>,
+    /// Not disabled (from the CLI).
+    running: AtomicBool,
 }
 
 impl Member {
@@ -31,17 +74,118 @@ impl Member {
         Self {
             flag,
             route,
+            give_up_after: None,
             confirmed: Mutex::new(None),
+            running: AtomicBool::new(true),
         }
+    }
+
+    pub fn with_give_up_after(mut self, limit: Option<Duration>) -> Self {
+        self.give_up_after = limit;
+        self
     }
 }
 
-#[derive(Default)]
-struct Posted {
-    statuses: Vec<Option<Status>>,
-    reasons: Vec<Option<String>>,
-    /// The failure's dead letter has been handed to one destination to write.
-    dead_letter_claimed: bool,
+/// What each destination did with each record, from the stack's lowest watermark up.
+struct Board {
+    /// The sequence number of the first record of the first chunk.
+    base: u64,
+    /// Every destination confirmed every record below it: those are gone for good.
+    forgotten_below: u64,
+    width: usize,
+    chunks: VecDeque<Box<[u16]>>,
+    /// Reason `n` is `reasons[n - 1]`; 0 is none.
+    reasons: Vec<String>,
+    reason_numbers: HashMap<String, u16>,
+}
+
+impl Board {
+    fn new(width: usize) -> Self {
+        Self {
+            base: 0,
+            forgotten_below: 0,
+            width,
+            chunks: VecDeque::new(),
+            reasons: Vec::new(),
+            reason_numbers: HashMap::new(),
+        }
+    }
+
+    fn place(&self, seq: u64, index: usize) -> Option<(usize, usize)> {
+        let offset = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        Some((
+            offset / CHUNK_RECORDS,
+            (offset % CHUNK_RECORDS) * self.width + index,
+        ))
+    }
+
+    fn cell(&self, seq: u64, index: usize) -> u16 {
+        self.place(seq, index)
+            .and_then(|(chunk, at)| self.chunks.get(chunk).map(|c| c[at]))
+            .unwrap_or(0)
+    }
+
+    /// `None` for a record every destination confirmed (forgotten).
+    fn cell_mut(&mut self, seq: u64, index: usize) -> Option<&mut u16> {
+        if seq < self.forgotten_below {
+            return None;
+        }
+        let chunk_base = seq - seq % CHUNK_RECORDS as u64;
+        if self.chunks.is_empty() {
+            self.base = chunk_base;
+        }
+        // A destination behind the others posts below the first chunk.
+        while chunk_base < self.base {
+            let cells = vec![0; CHUNK_RECORDS * self.width].into_boxed_slice();
+            self.chunks.push_front(cells);
+            self.base -= CHUNK_RECORDS as u64;
+        }
+        let (chunk, at) = self.place(seq, index)?;
+        while self.chunks.len() <= chunk {
+            let cells = vec![0; CHUNK_RECORDS * self.width].into_boxed_slice();
+            self.chunks.push_back(cells);
+        }
+        Some(&mut self.chunks[chunk][at])
+    }
+
+    fn reason_number(&mut self, reason: String) -> u16 {
+        if let Some(&number) = self.reason_numbers.get(&reason) {
+            return number;
+        }
+        if self.reasons.len() + 1 >= usize::from(REASON_OVERFLOW) {
+            return REASON_OVERFLOW;
+        }
+        self.reasons.push(reason.clone());
+        let number = self.reasons.len() as u16;
+        self.reason_numbers.insert(reason, number);
+        number
+    }
+
+    fn reason(&self, cell: u16) -> Option<String> {
+        match cell & REASON_MASK {
+            0 => None,
+            REASON_OVERFLOW => Some("(reason not kept: too many different ones at once)".into()),
+            n => self.reasons.get(usize::from(n) - 1).cloned(),
+        }
+    }
+
+    /// Drops the chunks wholly below `lowest`.
+    fn forget_below(&mut self, lowest: u64) {
+        self.forgotten_below = self.forgotten_below.max(lowest);
+        while !self.chunks.is_empty() && self.base + CHUNK_RECORDS as u64 <= lowest {
+            self.chunks.pop_front();
+            self.base += CHUNK_RECORDS as u64;
+        }
+        if self.chunks.is_empty() {
+            self.reasons.clear();
+            self.reason_numbers.clear();
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.len() * CHUNK_RECORDS * self.width * std::mem::size_of::<u16>()
+            + self.reasons.iter().map(|r| r.capacity() * 2).sum::<usize>()
+    }
 }
 
 /// What became of a record every destination has dealt with.
@@ -60,14 +204,22 @@ pub enum Verdict {
 
 pub struct Stack {
     members: Vec<Member>,
-    board: Mutex<BTreeMap<u64, Posted>>,
+    flags: Vec<ControlFlag>,
+    board: Mutex<Board>,
+    /// Records captured before this (Unix ms) count their `give_up_after_ms` from it:
+    /// a restart gives them the whole limit again.
+    tried_since_ms: AtomicU64,
 }
 
 impl Stack {
     pub fn new(members: Vec<Member>) -> Arc<Self> {
+        let flags = members.iter().map(|m| m.flag).collect();
+        let width = members.len().max(1);
         Arc::new(Self {
             members,
-            board: Mutex::new(BTreeMap::new()),
+            flags,
+            board: Mutex::new(Board::new(width)),
+            tried_since_ms: AtomicU64::new(0),
         })
     }
 
@@ -86,40 +238,71 @@ impl Stack {
         self.members[index].flag
     }
 
-    /// Tells the stack where a destination's confirmations stand (at each start).
-    pub fn attach(&self, index: usize, watermarks: Arc<Watermarks>) {
+    /// A destination's feeder starts: where its confirmations stand, and since when
+    /// records are tried in this run.
+    pub fn attach(&self, index: usize, watermarks: Arc<Watermarks>, tried_since_ms: u64) {
         if let Ok(mut slot) = self.members[index].confirmed.lock() {
             *slot = Some(watermarks);
         }
+        self.tried_since_ms
+            .fetch_max(tried_since_ms, Ordering::AcqRel);
+        self.members[index].running.store(true, Ordering::Release);
     }
 
-    fn board(&self) -> MutexGuard<'_, BTreeMap<u64, Posted>> {
+    /// A destination was disabled: the walk stops waiting for it (see the file's head).
+    pub fn detach(&self, index: usize) {
+        self.members[index].running.store(false, Ordering::Release);
+    }
+
+    /// How long `record` has been tried in this run, in ms.
+    pub fn tried_for_ms(&self, record: &StoredRecord<'_>) -> u64 {
+        let since = self.tried_since_ms.load(Ordering::Acquire);
+        now_ms().saturating_sub(record.captured_ms.max(since))
+    }
+
+    fn board(&self) -> MutexGuard<'_, Board> {
         self.board.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn confirmed(&self, index: usize, seq: u64) -> bool {
-        let slot = self.members[index].confirmed.lock();
-        slot.ok()
-            .and_then(|w| {
-                w.as_ref()
-                    .map(|w| w.confirmed.load(Ordering::Acquire) > seq)
-            })
-            .unwrap_or(false)
+    fn watermark(&self, index: usize) -> Option<u64> {
+        let slot = self.members[index].confirmed.lock().ok()?;
+        slot.as_ref().map(|w| w.confirmed.load(Ordering::Acquire))
     }
 
-    /// The statuses of members `0..upto` for `record`, `None` when one is not known yet.
+    fn confirmed(&self, index: usize, seq: u64) -> bool {
+        self.watermark(index)
+            .is_some_and(|confirmed| confirmed > seq)
+    }
+
+    /// A stopped destination's failure: `record` waited its whole `give_up_after_ms`.
+    fn gave_up_while_stopped(&self, index: usize, record: &StoredRecord<'_>) -> Option<String> {
+        let member = &self.members[index];
+        if member.running.load(Ordering::Acquire) {
+            return None;
+        }
+        let limit = member.give_up_after?;
+        (self.tried_for_ms(record) >= limit.as_millis() as u64).then(|| {
+            format!(
+                "disabled, not confirmed within give_up_after_ms = {}",
+                limit.as_millis()
+            )
+        })
+    }
+
+    /// The statuses of members `0..upto` for `record` (with the reason of each failure
+    /// that was not posted), `None` when one is not known yet.
     fn statuses<'r>(
         &self,
-        board: &BTreeMap<u64, Posted>,
+        board: &Board,
         upto: usize,
         record: &StoredRecord<'r>,
-        fields: &mut Option<Option<Fields<'r>>>,
-    ) -> Option<Vec<Status>> {
-        let flags: Vec<ControlFlag> = self.members.iter().map(|m| m.flag).collect();
-        let posted = board.get(&record.seq);
+    ) -> Option<(Vec<Status>, Vec<Option<String>>)> {
+        let mut fields: Option<Option<Fields<'r>>> = None;
         let mut statuses = Vec::with_capacity(upto);
+        let mut unposted_reasons = Vec::with_capacity(upto);
         for index in 0..upto {
-            let status = match posted.and_then(|p| p.statuses.get(index).copied().flatten()) {
+            let mut reason = None;
+            let status = match decode(board.cell(record.seq, index)) {
                 Some(status) => status,
                 // Confirmed before the verdict: delivered if it was taken (a failure is
                 // confirmed only after the verdict, which needs every status).
@@ -129,114 +312,103 @@ impl Stack {
                         .get_or_insert_with(|| Fields::parse(record.payload))
                         .as_ref();
                     let taken = route.decide(record, fields) == Decision::Take;
-                    if taken && reached(&flags[..index], &statuses) {
+                    if taken && reached(&self.flags[..index], &statuses) {
                         Status::Ok
                     } else {
                         Status::Passed
                     }
                 }
-                None => return None,
+                None => {
+                    reason = Some(self.gave_up_while_stopped(index, record)?);
+                    Status::Failed
+                }
             };
             statuses.push(status);
+            unposted_reasons.push(reason);
         }
-        Some(statuses)
+        Some((statuses, unposted_reasons))
     }
 
     /// Whether the walk reaches member `index` for `record`; `None` while a
     /// destination before it has not dealt with the record.
     pub fn reaches(&self, index: usize, record: &StoredRecord<'_>) -> Option<bool> {
-        let flags: Vec<ControlFlag> = self.members.iter().map(|m| m.flag).collect();
-        if !flags[..index].iter().any(|f| f.ends_walk_on_success()) {
+        if !self.flags[..index].iter().any(|f| f.ends_walk_on_success()) {
             return Some(true);
         }
         let board = self.board();
-        let mut fields = None;
-        let statuses = self.statuses(&board, index, record, &mut fields)?;
-        Some(reached(&flags[..index], &statuses))
+        let (statuses, _) = self.statuses(&board, index, record)?;
+        Some(reached(&self.flags[..index], &statuses))
     }
 
     /// Records what member `index` did with record `seq`.
     pub fn post(&self, index: usize, seq: u64, status: Status, reason: Option<String>) {
         let mut board = self.board();
-        let posted = board.entry(seq).or_default();
-        if posted.statuses.len() < self.members.len() {
-            posted.statuses.resize(self.members.len(), None);
-            posted.reasons.resize(self.members.len(), None);
+        let number = reason.map_or(0, |reason| board.reason_number(reason));
+        if let Some(cell) = board.cell_mut(seq, index) {
+            *cell = (*cell & CLAIMED) | encode(status) | number;
         }
-        posted.statuses[index] = Some(status);
-        posted.reasons[index] = reason;
     }
 
-    /// Whether every destination has dealt with record `seq` (posted, or confirmed):
-    /// only then is the record worth reading for its verdict.
+    /// Whether every destination has dealt with record `seq` (posted, or confirmed),
+    /// or may have failed it while stopped: only then is the record worth reading for
+    /// its verdict.
     pub fn is_settled_by_all(&self, seq: u64) -> bool {
         let board = self.board();
-        let posted = board.get(&seq);
         (0..self.members.len()).all(|index| {
-            posted.is_some_and(|p| p.statuses.get(index).copied().flatten().is_some())
+            decode(board.cell(seq, index)).is_some()
                 || self.confirmed(index, seq)
+                || !self.members[index].running.load(Ordering::Acquire)
         })
     }
 
     /// The final status of `record`, once every destination has dealt with it.
     pub fn verdict(&self, record: &StoredRecord<'_>) -> Verdict {
-        let flags: Vec<ControlFlag> = self.members.iter().map(|m| m.flag).collect();
         let mut board = self.board();
-        let mut fields = None;
-        let Some(statuses) = self.statuses(&board, self.members.len(), record, &mut fields) else {
+        let Some((statuses, unposted)) = self.statuses(&board, self.members.len(), record) else {
             return Verdict::Pending;
         };
-        if final_success(&flags, &statuses) {
+        if final_success(&self.flags, &statuses) {
             return Verdict::Success;
         }
-        let Some(posted) = board.get_mut(&record.seq) else {
-            return Verdict::FailureWritten;
-        };
-        if posted.dead_letter_claimed {
-            return Verdict::FailureWritten;
-        }
-        posted.dead_letter_claimed = true;
-        let reasons = self
-            .members
-            .iter()
-            .zip(&posted.reasons)
-            .filter_map(|(member, reason)| Some((member.route.name.clone(), reason.clone()?)))
+        let reasons = (0..self.members.len())
+            .filter(|&index| statuses[index] == Status::Failed)
+            .filter_map(|index| {
+                let reason = unposted[index]
+                    .clone()
+                    .or_else(|| board.reason(board.cell(record.seq, index)))?;
+                Some((self.members[index].route.name.clone(), reason))
+            })
             .collect();
-        Verdict::FailureWrite(reasons)
+        match board.cell_mut(record.seq, 0) {
+            // Every destination confirmed it: the dead letter is written.
+            None => Verdict::FailureWritten,
+            Some(cell) if *cell & CLAIMED != 0 => Verdict::FailureWritten,
+            Some(cell) => {
+                *cell |= CLAIMED;
+                Verdict::FailureWrite(reasons)
+            }
+        }
     }
 
     /// A dead letter claimed by `FailureWrite` could not be written: another try later.
     pub fn unclaim(&self, seq: u64) {
-        if let Some(posted) = self.board().get_mut(&seq) {
-            posted.dead_letter_claimed = false;
+        if let Some(cell) = self.board().cell_mut(seq, 0) {
+            *cell &= !CLAIMED;
         }
     }
 
     /// Forgets records every destination has confirmed.
     pub fn forget_confirmed(&self) {
         let lowest = (0..self.members.len())
-            .map(|index| {
-                self.members[index]
-                    .confirmed
-                    .lock()
-                    .ok()
-                    .and_then(|w| w.as_ref().map(|w| w.confirmed.load(Ordering::Acquire)))
-                    .unwrap_or(0)
-            })
+            .map(|index| self.watermark(index).unwrap_or(0))
             .min()
             .unwrap_or(0);
-        let mut board = self.board();
-        if board
-            .first_key_value()
-            .is_some_and(|(seq, _)| *seq < lowest)
-        {
-            *board = board.split_off(&lowest);
-        }
+        self.board().forget_below(lowest);
     }
 
-    /// Records with a status posted and no verdict yet (for the status output).
-    pub fn open_records(&self) -> usize {
-        self.board().len()
+    /// Bytes the board holds (the bound: two per record and destination).
+    pub fn board_bytes(&self) -> usize {
+        self.board().bytes()
     }
 }
 
@@ -325,7 +497,7 @@ mod tests {
             confirmed: AtomicU64::new(10),
             durable: AtomicU64::new(10),
         });
-        stack.attach(0, kafka);
+        stack.attach(0, kafka, 0);
         assert_eq!(stack.reaches(1, &record(9)), Some(false));
         assert_eq!(stack.reaches(1, &record(10)), None);
     }
@@ -347,6 +519,7 @@ mod tests {
                 confirmed: AtomicU64::new(10),
                 durable: AtomicU64::new(10),
             }),
+            0,
         );
         assert_eq!(
             stack.reaches(1, &record(3)),
@@ -386,5 +559,127 @@ mod tests {
             !alone.is_coupled(),
             "one required destination dead-letters by itself"
         );
+    }
+
+    fn watermarks(at: u64) -> Arc<Watermarks> {
+        Arc::new(Watermarks {
+            confirmed: AtomicU64::new(at),
+            durable: AtomicU64::new(at),
+        })
+    }
+
+    #[test]
+    fn the_board_holds_two_bytes_per_record_and_destination_whatever_the_backlog() {
+        let stack = Stack::new(vec![
+            Member::new(
+                ControlFlag::Required,
+                Route::plain("global", RecordKinds::CDR),
+            ),
+            Member::new(
+                ControlFlag::Required,
+                Route::plain("copy", RecordKinds::CDR),
+            ),
+            Member::new(
+                ControlFlag::Required,
+                Route::plain("archive", RecordKinds::CDR),
+            ),
+        ]);
+        let kafka = watermarks(0);
+        let copy = watermarks(0);
+        let archive = watermarks(0);
+        stack.attach(0, Arc::clone(&kafka), 0);
+        stack.attach(1, Arc::clone(&copy), 0);
+        stack.attach(2, Arc::clone(&archive), 0);
+        // Kafka is down: the two others deliver a million records, with a reason each.
+        let records = 1_000_000u64;
+        for seq in 0..records {
+            stack.post(1, seq, Status::Ok, None);
+            stack.post(2, seq, Status::Failed, Some("disk full".into()));
+        }
+        copy.confirmed.store(records, Ordering::Release);
+        stack.forget_confirmed();
+        let per_record = stack.board_bytes() as f64 / records as f64;
+        assert!(per_record <= 6.1, "{per_record} bytes per record");
+        // Kafka back: everything confirmed, the board keeps at most its last chunk.
+        kafka.confirmed.store(records, Ordering::Release);
+        archive.confirmed.store(records, Ordering::Release);
+        stack.forget_confirmed();
+        assert!(stack.board_bytes() <= CHUNK_RECORDS * 3 * 2 + 64);
+    }
+
+    #[test]
+    fn a_destination_behind_the_others_posts_below_the_first_chunk() {
+        let stack = failover();
+        stack.post(1, 3 * CHUNK_RECORDS as u64, Status::Ok, None);
+        stack.post(0, 5, Status::Failed, Some("not confirmed".into()));
+        stack.post(1, 5, Status::Failed, Some("disk full".into()));
+        assert_eq!(
+            stack.verdict(&record(5)),
+            Verdict::FailureWrite(vec![
+                ("global".into(), "not confirmed".into()),
+                ("archive".into(), "disk full".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn a_disabled_alternative_hands_the_file_its_records_once_given_up() {
+        let stack = Stack::new(vec![
+            Member::new(
+                ControlFlag::Alternative,
+                Route::plain("global", RecordKinds::CDR),
+            )
+            .with_give_up_after(Some(Duration::from_millis(3000))),
+            Member::new(
+                ControlFlag::Sufficient,
+                Route::plain("archive", RecordKinds::CDR),
+            ),
+        ]);
+        stack.attach(0, watermarks(0), 0);
+        stack.attach(1, watermarks(0), 0);
+        let mut old = record(1);
+        old.captured_ms = now_ms() - 3_500;
+        let mut young = record(2);
+        young.captured_ms = now_ms();
+        assert_eq!(stack.reaches(1, &old), None, "running: the file waits");
+        stack.detach(0);
+        assert_eq!(
+            stack.reaches(1, &old),
+            Some(true),
+            "given up: the file takes it"
+        );
+        assert_eq!(stack.reaches(1, &young), None, "not yet given up");
+        stack.post(1, 1, Status::Failed, Some("disk full".into()));
+        assert!(stack.is_settled_by_all(1));
+        assert_eq!(
+            stack.verdict(&old),
+            Verdict::FailureWrite(vec![
+                (
+                    "global".into(),
+                    "disabled, not confirmed within give_up_after_ms = 3000".into()
+                ),
+                ("archive".into(), "disk full".into())
+            ])
+        );
+        // A run that started after the capture gives the record the whole limit again.
+        stack.attach(0, watermarks(0), now_ms());
+        stack.detach(0);
+        assert_eq!(stack.reaches(1, &record_at(3, old.captured_ms)), None);
+    }
+
+    #[test]
+    fn a_disabled_destination_without_give_up_after_holds_the_walk() {
+        let stack = failover();
+        stack.detach(0);
+        let mut old = record(1);
+        old.captured_ms = 1;
+        assert_eq!(stack.reaches(1, &old), None);
+    }
+
+    fn record_at(seq: u64, captured_ms: u64) -> StoredRecord<'static> {
+        StoredRecord {
+            captured_ms,
+            ..record(seq)
+        }
     }
 }

@@ -111,6 +111,9 @@ pub struct KafkaDestination {
     generation: Arc<Generation>,
     in_flight: u64,
     fatal: Option<String>,
+    /// Its seat still carries records an earlier run of this destination sent: nothing
+    /// is sent until their reports are in, so none of them is handed over twice.
+    inherited: bool,
 }
 
 impl KafkaDestination {
@@ -126,14 +129,20 @@ impl KafkaDestination {
     /// A destination on the `[global]` producer. With `MAX_DESTINATIONS` already on it,
     /// it reports itself broken (and tries again at each rebuild).
     pub fn on_shared(name: &str, producer: &Arc<SharedProducer>) -> Self {
+        let seat = producer.attach(name);
+        let generation = producer.current();
+        let in_flight = seat.as_ref().map_or(0, |seat| {
+            seat.outstanding() + seat.waiting(generation.number)
+        });
         Self {
-            seat: producer.attach(),
+            seat,
             name: name.to_string(),
             producer: Arc::clone(producer),
             shared: true,
-            generation: producer.current(),
-            in_flight: 0,
+            generation,
+            in_flight,
             fatal: None,
+            inherited: in_flight > 0,
         }
     }
 
@@ -175,6 +184,12 @@ impl Destination for KafkaDestination {
         };
         if self.fatal.is_some() || self.producer.is_stale(self.generation.number) {
             return Offer::Full;
+        }
+        if self.inherited {
+            if seat.outstanding() > 0 {
+                return Offer::Full;
+            }
+            self.inherited = false;
         }
         let Some(opaque) = pack(seat.index, record.seq) else {
             return Offer::Refused(format!(
@@ -239,7 +254,7 @@ impl Destination for KafkaDestination {
 
     fn rebuild(&mut self) -> Result<(), String> {
         if self.seat.is_none() {
-            self.seat = self.producer.attach();
+            self.seat = self.producer.attach(&self.name);
         }
         let Some(seat) = &self.seat else {
             return Err(format!(

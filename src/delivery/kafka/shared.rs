@@ -69,6 +69,10 @@ pub(super) struct Slot {
     /// reach the new one.
     outstanding: AtomicU64,
     reports: Mutex<Vec<Report>>,
+    /// A stopped destination's records were still in flight: the slot waits for that
+    /// destination (by name), its reports kept, so that they are not lost and its
+    /// records not sent again while the broker may still confirm them.
+    parked_for: Mutex<Option<String>>,
 }
 
 impl Slot {
@@ -79,10 +83,12 @@ impl Slot {
     }
 }
 
-/// A destination's hold on a slot; letting go frees it for a later destination.
+/// A destination's hold on a slot; letting go frees it for a later destination, or
+/// parks it for the same one while records sent through it await their reports.
 pub(super) struct Seat {
     pub(super) index: usize,
     slot: Arc<Slot>,
+    name: String,
 }
 
 impl Seat {
@@ -122,10 +128,19 @@ impl Seat {
     pub(super) fn clear(&self) {
         lock(&self.slot.reports).clear();
     }
+
+    /// Records sent through this seat and not reported yet.
+    pub(super) fn outstanding(&self) -> u64 {
+        self.slot.outstanding.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
+        if self.outstanding() > 0 {
+            *lock(&self.slot.parked_for) = Some(std::mem::take(&mut self.name));
+            return;
+        }
         self.slot.attached.store(false, Ordering::Release);
         self.clear();
     }
@@ -335,13 +350,26 @@ impl SharedProducer {
         self.routes.generation.load(Ordering::Acquire) != generation
     }
 
-    /// A free seat, or `None` when `MAX_DESTINATIONS` are taken.
-    pub(super) fn attach(&self) -> Option<Seat> {
+    /// The seat parked for destination `name`, else a free one; `None` when
+    /// `MAX_DESTINATIONS` are taken.
+    pub(super) fn attach(&self, name: &str) -> Option<Seat> {
         let mut slots = self
             .routes
             .slots
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let parked = slots
+            .iter()
+            .position(|slot| lock(&slot.parked_for).as_deref() == Some(name));
+        if let Some(index) = parked {
+            let slot = Arc::clone(&slots[index]);
+            *lock(&slot.parked_for) = None;
+            return Some(Seat {
+                index,
+                slot,
+                name: name.to_string(),
+            });
+        }
         let free = slots.iter().position(|slot| {
             !slot.attached.load(Ordering::Acquire) && slot.outstanding.load(Ordering::Acquire) == 0
         });
@@ -356,7 +384,11 @@ impl SharedProducer {
         let slot = Arc::clone(&slots[index]);
         lock(&slot.reports).clear();
         slot.attached.store(true, Ordering::Release);
-        Some(Seat { index, slot })
+        Some(Seat {
+            index,
+            slot,
+            name: name.to_string(),
+        })
     }
 
     /// The producer to use after generation `seen` broke: a new one when `seen` is the

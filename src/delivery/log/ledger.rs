@@ -6,8 +6,9 @@
 //! checksum over kind, count and body. Kind 1, a snapshot: watermark u64, then `count`
 //! ranges (start u64, length u32) confirmed above it. Kind 2: `count` newly confirmed
 //! ranges. A damaged frame is skipped (its acknowledgements are lost, so those records
-//! are delivered again, never dropped). Past `COMPACT_BYTES` the file is rewritten as
-//! one snapshot: written to `NAME.ledger.new`, synced, renamed over, folder synced.
+//! are delivered again, never dropped). Past `COMPACT_BYTES`, or when a frame cannot be
+//! appended (a full disk), the file is rewritten as one snapshot through its spare
+//! (`compaction`), which needs no room on the disk.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::compaction::Spare;
 use super::io::Io;
 
 const MAGIC: u32 = 0xCD4B_4C47;
@@ -226,6 +228,7 @@ pub struct Ledger {
     /// The state changed in a way only a snapshot records (raised watermark).
     needs_snapshot: bool,
     published: Arc<Watermarks>,
+    spare: Spare,
 }
 
 pub fn ledger_path(dir: &Path, name: &str) -> PathBuf {
@@ -255,6 +258,7 @@ impl Ledger {
             }
             Err(error) => return Err(error),
         };
+        let spare = Spare::prepare(&io, &path);
         let published = Arc::new(Watermarks::default());
         published.durable.store(state.watermark, Ordering::Release);
         published
@@ -273,6 +277,7 @@ impl Ledger {
             unsynced: false,
             needs_snapshot: false,
             published,
+            spare,
         };
         if file_bytes == 0 || damaged > 0 {
             // Start clean with one snapshot of what was read, now or (disk full) at the
@@ -339,7 +344,10 @@ impl Ledger {
             self.compact()?;
         } else {
             let frame = encode_acks(&self.unwritten);
-            self.append(&frame)?;
+            if let Err(error) = self.append(&frame) {
+                // No room for the frame (a full disk): the snapshot needs none.
+                self.compact().map_err(|_| error)?;
+            }
         }
         self.unwritten.clear();
         if !self.unsynced {
@@ -350,7 +358,10 @@ impl Ledger {
 
     fn append(&mut self, frame: &[u8]) -> io::Result<()> {
         if self.file.is_none() {
-            self.file = Some(self.io.open_append(&self.path)?);
+            let file = self.io.open_append(&self.path)?;
+            // After a rewrite that failed half-way, the name may hold either file.
+            self.file_bytes = file.metadata()?.len();
+            self.file = Some(file);
         }
         let file = self.file.as_ref().expect("opened above");
         if let Err(error) = self.io.append(file, frame) {
@@ -398,20 +409,9 @@ impl Ledger {
     /// Rewrites the file as one snapshot, atomically.
     fn compact(&mut self) -> io::Result<()> {
         let snapshot = encode_snapshot(&self.state);
-        let fresh = self.path.with_extension("ledger.new");
-        let _ = self.io.remove(&fresh);
-        let file = self.io.create_new(&fresh)?;
-        let written = self
-            .io
-            .write_at(&file, &snapshot, 0)
-            .and_then(|()| self.io.sync(&file))
-            .and_then(|()| self.io.rename(&fresh, &self.path))
-            .and_then(|()| self.io.sync_dir(&self.dir));
-        if let Err(error) = written {
-            let _ = self.io.remove(&fresh);
-            return Err(error);
-        }
+        // The next frame goes to whichever file the name holds then.
         self.file = None;
+        self.spare.rewrite(&self.io, &self.dir, &snapshot)?;
         self.file_bytes = snapshot.len() as u64;
         self.unwritten.clear();
         self.needs_snapshot = false;

@@ -2,10 +2,16 @@
 //! stays until every destination has confirmed it. docs/spool-format.md is the format.
 //!
 //! Parts: `format` (the bytes), `recovery` (opening a folder), `writer` (appending,
-//! starting segments), `reader` (batches for the feeders), `ledger` (one destination's
-//! confirmations), `folder` (where the log lives, its lock), `io` (every file operation,
-//! with faults injectable for the tests). This file holds the shared state and the
-//! housekeeping.
+//! starting segments), `reader` (batches for the feeders), `index` (where each entry
+//! is, and how much lies after it), `ledger` (one destination's confirmations),
+//! `compaction` (a ledger's rewrite, also on a full disk), `folder` (where the log
+//! lives, its lock), `io` (every file operation, with faults injectable for the tests).
+//! This file holds the shared state and the housekeeping.
+//!
+//! Files: the log keeps one segment open, the current one (the writer's); a sealed
+//! segment is opened by a reader when it reads it and kept by that reader only while it
+//! reads there, so a backlog of any size costs one descriptor plus one per reader (and,
+//! with `spool_sync = interval`, the segments sealed since the last sync, until it).
 //!
 //! Threads: `append` runs on Asterisk's CDR (and CEL) threads: one `pwrite` into the
 //! page cache under the writer's lock (plus `fdatasync` with `spool_sync = always`), and
@@ -14,8 +20,10 @@
 //! every destination confirmed, syncing, giving the space of a delivered segment back).
 //! std locks only: no thread-local state on Asterisk's threads.
 
+mod compaction;
 pub mod folder;
 pub mod format;
+mod index;
 pub mod io;
 pub mod ledger;
 pub mod legacy;
@@ -31,14 +39,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use format::{NewRecord, RecordKind, StoredRecord};
-use io::Io;
+use index::Index;
+use io::{Handle, Io};
 pub use ledger::Ledger;
 pub use ledger::Watermarks;
 pub use reader::ReadBatch;
 pub use writer::AppendError;
 use writer::Writer;
 
-/// A segment is closed past this size, so delivered records are deleted in steps.
+/// A segment is closed past this size (by default), so delivered records are deleted
+/// in steps.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// When appended records and confirmations are forced to disk (`spool_sync`).
@@ -147,31 +157,22 @@ pub struct LogCounters {
     pub segments_deleted: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Entry {
-    seq: u64,
-    offset: u32,
-    len: u32,
-}
-
 pub(crate) struct SegmentInfo {
     path: PathBuf,
-    file: Arc<File>,
-    /// Bytes of whole entries (and the header): readers stop here.
-    committed: u64,
-    entries: Vec<Entry>,
+    /// The current segment's file, shared with the writer; `None` once sealed (readers
+    /// open a sealed segment themselves).
+    file: Option<Arc<Handle>>,
+    /// Its whole entries: readers read nothing else.
+    index: Index,
     sealed: bool,
+    /// Records and entry bytes of the log before this segment's first entry.
+    records_before: u64,
+    bytes_before: u64,
 }
 
 impl SegmentInfo {
     fn last_seq(&self) -> Option<u64> {
-        self.entries.last().map(|e| e.seq)
-    }
-
-    /// Bytes of the entries at or above `seq`.
-    fn bytes_from(&self, seq: u64) -> u64 {
-        let first = self.entries.partition_point(|e| e.seq < seq);
-        self.entries[first..].iter().map(|e| u64::from(e.len)).sum()
+        self.index.last_seq()
     }
 }
 
@@ -182,11 +183,13 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 struct State {
     segments: BTreeMap<u64, SegmentInfo>,
     next_seq: u64,
-    /// Bytes of records not yet confirmed by every destination.
-    undelivered: u64,
+    /// Records and entry bytes put in the log since it was opened (recovered ones
+    /// included): where the next entry's segment starts counting.
+    records: u64,
+    bytes: u64,
     destinations: Vec<(String, Arc<Watermarks>)>,
-    /// Closed segments not yet synced (interval policy).
-    unsynced: Vec<Arc<File>>,
+    /// Closed segments not yet synced (interval policy): kept open until the sync.
+    unsynced: Vec<Arc<Handle>>,
     /// Files were created or removed since the folder was last synced.
     dir_dirty: bool,
 }
@@ -208,8 +211,33 @@ impl State {
             .min()
     }
 
-    fn undelivered_bytes(&self, below: u64) -> u64 {
-        self.segments.values().map(|s| s.bytes_from(below)).sum()
+    /// Records and entry bytes of the log before its first entry at or above `seq`.
+    fn before(&self, seq: u64) -> (u64, u64) {
+        if let Some((_, segment)) = self.segments.range(..=seq).next_back() {
+            let at = segment.index.position(seq);
+            if at < segment.index.len() {
+                return (
+                    segment.records_before + at as u64,
+                    segment.bytes_before + segment.index.bytes_before(at),
+                );
+            }
+        }
+        match self.segments.range(seq.saturating_add(1)..).next() {
+            Some((_, segment)) => (segment.records_before, segment.bytes_before),
+            None => (self.records, self.bytes),
+        }
+    }
+
+    /// Records (and their bytes) at or above `seq`.
+    fn from(&self, seq: u64) -> (u64, u64) {
+        let (records, bytes) = self.before(seq);
+        (self.records - records, self.bytes - bytes)
+    }
+
+    /// Bytes of records some destination has not confirmed (in memory: a confirmation
+    /// counts at once, not when it is written down or at the next housekeeping).
+    fn undelivered(&self) -> u64 {
+        self.from(self.confirmed_below().unwrap_or(0)).1
     }
 }
 
@@ -233,6 +261,8 @@ pub struct Log {
     unsynced_appends: AtomicBool,
     last_sync: Mutex<Instant>,
     pub counters: LogCounters,
+    /// Past this size a segment is sealed and the next one started.
+    segment_bytes: u64,
     pub recovery: Recovery,
     /// Sequence numbers below this came from an earlier run (a replay when produced).
     pub first_new_seq: u64,
@@ -263,15 +293,15 @@ impl Log {
         let dir = folder::prepare(&settings.dir)?;
         let lock_file = folder::take_lock(&dir)?;
         let recovered = recovery::recover(&io, &dir)?;
-        let mut state = State {
+        let state = State {
             segments: recovered.segments,
             next_seq: recovered.next_seq,
-            undelivered: 0,
+            records: recovered.records,
+            bytes: recovered.bytes,
             destinations: Vec::new(),
             unsynced: Vec::new(),
             dir_dirty: true,
         };
-        state.undelivered = state.undelivered_bytes(0);
         let log = Self {
             dir,
             settings,
@@ -286,6 +316,7 @@ impl Log {
             unsynced_appends: AtomicBool::new(false),
             last_sync: Mutex::new(Instant::now()),
             counters: LogCounters::default(),
+            segment_bytes: SEGMENT_BYTES,
             recovery: recovered.report,
             first_new_seq: recovered.next_seq,
         };
@@ -303,6 +334,13 @@ impl Log {
             }
         }
         Ok(log)
+    }
+
+    /// Seals segments past `bytes` instead of [`SEGMENT_BYTES`] (tests: a backlog of
+    /// many segments from few records).
+    pub fn with_segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
     }
 
     pub fn settings(&self) -> &LogSettings {
@@ -327,7 +365,7 @@ impl Log {
             let first = state
                 .segments
                 .values()
-                .find_map(|s| s.entries.first().map(|e| e.seq))
+                .find_map(|s| s.index.first_seq())
                 .unwrap_or(state.next_seq);
             first
         };
@@ -424,9 +462,7 @@ impl Log {
                 .filter_map(|id| state.segments.remove(id))
                 .map(|s| s.path)
                 .collect();
-            let confirmed = state.confirmed_below().unwrap_or(below);
-            state.undelivered = state.undelivered_bytes(confirmed);
-            if self.settings.max_bytes == 0 || state.undelivered * 8 <= self.settings.max_bytes {
+            if self.settings.max_bytes == 0 || state.undelivered() * 8 <= self.settings.max_bytes {
                 self.pressure_signalled.store(false, Ordering::Release);
             }
             paths
@@ -474,7 +510,7 @@ impl Log {
             .segment
             .as_ref()
             .filter(|_| appended)
-            .map(|a| Arc::clone(&a.file));
+            .map(|active| Arc::clone(&active.file));
         let unsynced = std::mem::take(&mut lock(&self.state).unsynced);
         for file in unsynced.iter().chain(current.as_ref()) {
             if self.io.sync(file).is_err() {
@@ -487,24 +523,13 @@ impl Log {
     /// Records not yet confirmed by every destination, and their bytes.
     pub fn depth(&self) -> (u64, u64) {
         let state = lock(&self.state);
-        let below = state.confirmed_below().unwrap_or(0);
-        let records = state
-            .segments
-            .values()
-            .map(|s| (s.entries.len() - s.entries.partition_point(|e| e.seq < below)) as u64)
-            .sum();
-        (records, state.undelivered_bytes(below))
+        state.from(state.confirmed_below().unwrap_or(0))
     }
 
     /// Records at or above `seq` (what a destination whose watermark is `seq` may still
     /// have to deliver).
     pub fn count_from(&self, seq: u64) -> u64 {
-        let state = lock(&self.state);
-        state
-            .segments
-            .values()
-            .map(|s| (s.entries.len() - s.entries.partition_point(|e| e.seq < seq)) as u64)
-            .sum()
+        lock(&self.state).from(seq).0
     }
 
     /// Age in seconds of the oldest record some destination has not confirmed.

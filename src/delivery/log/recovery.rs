@@ -1,22 +1,26 @@
 //! Opening a log folder: every segment is scanned, entries are indexed, a torn tail
 //! (the write a crash cut short) is cut off the newest segment, damage elsewhere is
 //! skipped entry by entry, and the next sequence number is found so that none is ever
-//! used twice.
+//! used twice. Each segment is read whole once and closed: none is kept open (readers
+//! open sealed segments when they read them).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::format::{self, HeaderProblem, SEGMENT_HEADER_LEN};
+use super::index::Index;
 use super::io::Io;
 use super::ledger;
-use super::{segment_path, Entry, LogError, Recovery, SegmentInfo};
+use super::{segment_path, LogError, Recovery, SegmentInfo};
 
 pub struct Recovered {
     pub segments: BTreeMap<u64, SegmentInfo>,
     pub next_seq: u64,
+    /// Records and entry bytes of the segments found.
+    pub records: u64,
+    pub bytes: u64,
     pub report: Recovery,
 }
 
@@ -65,6 +69,7 @@ pub fn recover(io: &Io, dir: &Path) -> Result<Recovered, LogError> {
     let mut segments = BTreeMap::new();
     let ids = numbered(dir, ".log")?;
     let mut next_seq = ledgers_high_mark(io, dir);
+    let (mut records, mut bytes) = (0, 0);
     for (position, &id) in ids.iter().enumerate() {
         let newest = position + 1 == ids.len();
         let path = segment_path(dir, id);
@@ -92,11 +97,10 @@ pub fn recover(io: &Io, dir: &Path) -> Result<Recovered, LogError> {
         let body = data.get(SEGMENT_HEADER_LEN..).unwrap_or_default();
         let scan = format::scan_entries(body);
         report.damaged += scan.damaged_runs;
-        let mut committed = data.len() as u64;
         if scan.tail_bytes > 0 {
             if newest {
                 report.torn_tails += 1;
-                committed = (SEGMENT_HEADER_LEN + scan.valid_end) as u64;
+                let committed = (SEGMENT_HEADER_LEN + scan.valid_end) as u64;
                 let file = io
                     .open_write(&path)
                     .map_err(io_error(format!("repairing {}", path.display())))?;
@@ -115,32 +119,31 @@ pub fn recover(io: &Io, dir: &Path) -> Result<Recovered, LogError> {
         if let Some(last) = scan.entries.last() {
             next_seq = next_seq.max(last.seq + 1);
         }
-        let file = io
-            .open_read(&path)
-            .map_err(io_error(format!("reading {}", path.display())))?;
-        let entries = scan
-            .entries
-            .iter()
-            .map(|located| Entry {
-                seq: located.seq,
-                offset: (SEGMENT_HEADER_LEN + located.offset) as u32,
-                len: located.len as u32,
-            })
-            .collect();
+        let mut index = Index::with_capacity(scan.entries.len());
+        for located in &scan.entries {
+            let offset = (SEGMENT_HEADER_LEN + located.offset) as u32;
+            index.push(located.seq, offset, located.len as u32);
+        }
+        let (records_before, bytes_before) = (records, bytes);
+        records += index.len() as u64;
+        bytes += index.bytes();
         segments.insert(
             id,
             SegmentInfo {
                 path,
-                file: Arc::new(file),
-                committed,
-                entries,
+                file: None,
+                index,
                 sealed: true,
+                records_before,
+                bytes_before,
             },
         );
     }
     Ok(Recovered {
         segments,
         next_seq,
+        records,
+        bytes,
         report,
     })
 }

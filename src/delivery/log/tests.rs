@@ -501,3 +501,348 @@ fn a_write_that_cannot_be_cut_off_closes_the_segment_and_nothing_of_it_survives(
         "the partial entry, counted and skipped"
     );
 }
+
+#[test]
+fn a_backlog_of_many_segments_keeps_one_file_open_and_one_per_reader() {
+    let dir = TempDir::new("fds");
+    {
+        let log = Log::open_with(settings(&dir.0), Io::real())
+            .unwrap()
+            .with_segment_bytes(4096);
+        log.register("global").unwrap();
+        for n in 0..400 {
+            append(&log, n).unwrap();
+        }
+        assert!(
+            segment_files(&dir.0).len() >= 6,
+            "a backlog of many segments"
+        );
+        assert_eq!(log.io().kept_files(), 1, "the current segment only");
+    }
+    // Recovery reads every segment and keeps none open.
+    let io = Io::real();
+    let log = Log::open_with(settings(&dir.0), io.clone())
+        .unwrap()
+        .with_segment_bytes(4096);
+    let mut ledger = log.register("global").unwrap();
+    assert!(segment_files(&dir.0).len() >= 7);
+    assert_eq!(io.kept_files(), 1, "the new current segment only");
+    // Two readers (two feeders) side by side through the backlog.
+    let (mut first, mut second) = (ReadBatch::default(), ReadBatch::default());
+    let (mut from_first, mut from_second) = (0, 0);
+    let (mut got_first, mut got_second) = (Vec::new(), Vec::new());
+    let mut most_open = 0;
+    loop {
+        log.read_batch(from_first, 300, &mut first).unwrap();
+        log.read_batch(from_second, 1000, &mut second).unwrap();
+        most_open = most_open.max(io.kept_files());
+        let (a, b) = (first.end(), second.end());
+        got_first.extend(
+            first
+                .records()
+                .map(|(_, r)| r.unwrap().record_id.to_string()),
+        );
+        got_second.extend(
+            second
+                .records()
+                .map(|(_, r)| r.unwrap().record_id.to_string()),
+        );
+        from_first = a.unwrap_or(from_first);
+        from_second = b.unwrap_or(from_second);
+        if a.is_none() && b.is_none() {
+            break;
+        }
+    }
+    assert_eq!(got_first, ids(0..400));
+    assert_eq!(got_second, ids(0..400));
+    assert_eq!(most_open, 3, "the writer's file and one per reader");
+    assert_eq!(
+        io.kept_files(),
+        1,
+        "readers that read everything hold nothing"
+    );
+    // A reader left in a sealed segment the destination then confirmed: it holds that
+    // (deleted) segment open only until its next read.
+    log.read_batch(0, 300, &mut first).unwrap();
+    assert_eq!(io.kept_files(), 2);
+    for seq in 0..400 {
+        ledger.ack(seq);
+    }
+    ledger.write().unwrap();
+    ledger.publish_unsynced();
+    log.maintain();
+    assert_eq!(segment_files(&dir.0).len(), 1, "delivered segments deleted");
+    log.read_batch(first.end().unwrap(), 300, &mut first)
+        .unwrap();
+    assert!(first.is_empty());
+    assert_eq!(io.kept_files(), 1);
+}
+
+#[test]
+fn with_interval_sync_a_sealed_segment_is_closed_once_synced() {
+    let dir = TempDir::new("fds-sync");
+    let io = Io::with_faults(FaultPlan::default());
+    let log = Log::open_with(
+        LogSettings {
+            sync: SyncPolicy::Interval,
+            sync_interval: Duration::from_secs(3600),
+            ..settings(&dir.0)
+        },
+        io.clone(),
+    )
+    .unwrap()
+    .with_segment_bytes(4096);
+    log.register("global").unwrap();
+    for n in 0..400 {
+        append(&log, n).unwrap();
+    }
+    let sealed = segment_files(&dir.0).len() - 1;
+    assert!(sealed >= 6);
+    assert_eq!(io.kept_files(), 1 + sealed, "held for the sync");
+    let before = io.operations();
+    log.sync_now();
+    // One fdatasync per sealed segment and the current one, and the folder's.
+    assert_eq!(io.operations() - before, sealed as u64 + 2);
+    assert_eq!(io.kept_files(), 1);
+}
+
+#[test]
+fn counting_the_undelivered_visits_no_more_entries_with_a_big_backlog() {
+    fn visits_with(backlog: u64) -> u64 {
+        let dir = TempDir::new("cost");
+        let log = Log::open(LogSettings {
+            max_bytes: 1 << 40,
+            ..settings(&dir.0)
+        })
+        .unwrap();
+        let mut ledger = log.register("global").unwrap();
+        let mut bytes = Vec::new();
+        for n in 0..backlog {
+            append(&log, n).unwrap();
+            let mut entry = Vec::new();
+            let (id, key, payload) = (
+                format!("id-{n}"),
+                format!("k{}", n % 3),
+                format!("{{\"n\":{n}}}"),
+            );
+            format::encode_entry(
+                &NewRecord {
+                    kind: RecordKind::Cdr,
+                    record_id: &id,
+                    topic: "asterisk_cdr",
+                    key: Some(key.as_bytes()),
+                    headers: &[("entity_id", b"00:11:22:33:44:55")],
+                    payload: payload.as_bytes(),
+                },
+                n,
+                0,
+                &mut entry,
+            );
+            bytes.push(entry.len() as u64);
+        }
+        let half = backlog / 2;
+        for seq in 0..half {
+            ledger.ack(seq);
+        }
+        ledger.write().unwrap();
+        ledger.publish_unsynced();
+        index::VISITED.with(|visited| visited.set(0));
+        log.maintain();
+        let depth = log.depth();
+        let count = log.count_from(half);
+        let visits = index::VISITED.with(|visited| visited.get());
+        assert_eq!(depth, (backlog - half, bytes[half as usize..].iter().sum()));
+        assert_eq!(count, backlog - half);
+        visits
+    }
+    let small = visits_with(100);
+    let big = visits_with(100_000);
+    // Three binary searches: about 3 * log2(1000) = 30 more looks, never the backlog.
+    assert!(
+        big <= small + 40,
+        "100 records: {small} entries looked at, 100,000: {big}"
+    );
+}
+
+#[test]
+fn a_confirmation_makes_room_under_spool_max_bytes_before_any_housekeeping() {
+    let dir = TempDir::new("room");
+    let log = Log::open(LogSettings {
+        max_bytes: 4096,
+        ..settings(&dir.0)
+    })
+    .unwrap();
+    let mut ledger = log.register("global").unwrap();
+    let mut n = 0;
+    while append(&log, n).is_ok() {
+        n += 1;
+    }
+    // Confirmed in memory (written down and housekeeping come later): room at once.
+    for seq in 0..n {
+        ledger.ack(seq);
+    }
+    assert!(append(&log, n).is_ok());
+}
+
+#[test]
+fn records_delivered_before_a_restart_do_not_count_against_spool_max_bytes_after_it() {
+    let dir = TempDir::new("max-restart");
+    let limited = || LogSettings {
+        max_bytes: 4096,
+        ..settings(&dir.0)
+    };
+    {
+        let log = Log::open(limited()).unwrap();
+        let mut ledger = log.register("global").unwrap();
+        for n in 0..100 {
+            let seq = append(&log, n).unwrap();
+            ledger.ack(seq);
+            ledger.write().unwrap();
+            ledger.publish_unsynced();
+            log.maintain();
+        }
+    }
+    let log = Log::open(limited()).unwrap();
+    log.register("global").unwrap();
+    // The kept segment holds far more than 4 KiB, all of it delivered.
+    assert!(fs::metadata(&segment_files(&dir.0)[0]).unwrap().len() > 4096);
+    assert_eq!(append(&log, 100).ok(), Some(100));
+}
+
+/// Milliseconds of simulated time, the destination's lag for each record, in order.
+struct Lag(u64);
+
+impl Lag {
+    /// 100 to 300 ms, spread deterministically.
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        100 + (self.0 >> 33) % 201
+    }
+}
+
+#[test]
+fn a_destination_confirming_within_300_ms_at_1_mb_a_second_never_fills_a_1_mib_spool() {
+    // The module's defaults around it: spool_sync = interval every 1000 ms, linger_ms =
+    // 100, a pass every 2 ms once an eighth is held. 1,550 records of 650 bytes a
+    // second; each confirmed 100 to 300 ms after it was handed over, out of order.
+    const MAX: u64 = 1024 * 1024;
+    let dir = TempDir::new("lagging");
+    let log = Log::open(LogSettings {
+        max_bytes: MAX,
+        sync: SyncPolicy::Interval,
+        ..settings(&dir.0)
+    })
+    .unwrap();
+    let mut ledger = log.register("global").unwrap();
+    let payload = vec![b'x'; 650];
+    let mut lag = Lag(1);
+    let mut in_flight: Vec<(u64, u64)> = Vec::new();
+    let (mut appended, mut refused, mut offered_to) = (0u64, 0u64, 0u64);
+    let (mut next_pass, mut last_sync, mut most_held) = (0u64, 0u64, 0u64);
+    let mut was_pressed = false;
+    for now in 0..10_000u64 {
+        while appended * 1000 < now * 1550 {
+            let id = format!("id-{appended}");
+            appended += 1;
+            let record = NewRecord {
+                kind: RecordKind::Cdr,
+                record_id: &id,
+                topic: "t",
+                key: None,
+                headers: &[],
+                payload: &payload,
+            };
+            refused += u64::from(log.append(&record).is_err());
+        }
+        // An append that finds an eighth held wakes the feeder.
+        let pressed = log.under_pressure();
+        if pressed && !was_pressed {
+            next_pass = now;
+        }
+        was_pressed = pressed;
+        if now < next_pass {
+            continue;
+        }
+        // One feeder pass: confirmations in, new records out, ledger, housekeeping.
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            in_flight.into_iter().partition(|&(_, at)| at <= now);
+        in_flight = waiting;
+        for (seq, _) in due {
+            ledger.ack(seq);
+        }
+        for seq in offered_to..log.next_seq() {
+            in_flight.push((seq, now + lag.next()));
+        }
+        offered_to = log.next_seq();
+        ledger.write().unwrap();
+        if now - last_sync >= 1000 {
+            ledger.sync().unwrap();
+            last_sync = now;
+        }
+        log.maintain();
+        most_held = most_held.max(log.depth().1);
+        next_pass = now + if log.under_pressure() { 2 } else { 100 };
+    }
+    assert!(appended > 15_000, "10 s at 1,550 a second: {appended}");
+    assert_eq!(refused, 0, "at most {most_held} bytes were undelivered");
+    assert!(most_held < MAX / 2, "{most_held}");
+}
+
+#[test]
+fn on_a_full_disk_confirmations_still_become_durable_and_the_disk_is_given_back() {
+    let dir = TempDir::new("full-ledger");
+    let io = Io::with_faults(FaultPlan::default());
+    let log = Log::open_with(
+        LogSettings {
+            sync: SyncPolicy::Interval,
+            ..settings(&dir.0)
+        },
+        io.clone(),
+    )
+    .unwrap()
+    .with_segment_bytes(4096);
+    let mut ledger = log.register("global").unwrap();
+    let mut n = 0;
+    // Outage after outage, each filling the disk.
+    for round in 0..3 {
+        io.set_room(30_000);
+        while append(&log, n).is_ok() {
+            n += 1;
+        }
+        n += 1;
+        // Not a byte left (what one record could not use, something else took).
+        io.fill_disk();
+        let held = segment_files(&dir.0).len();
+        assert!(held >= 6);
+        // The destination is back and confirms everything.
+        for seq in 0..log.next_seq() {
+            ledger.ack(seq);
+        }
+        ledger
+            .write()
+            .unwrap_or_else(|error| panic!("round {round}: confirmations not written: {error}"));
+        ledger.sync().unwrap();
+        assert_eq!(
+            ledger.watermarks().durable.load(Ordering::Acquire),
+            log.next_seq()
+        );
+        log.maintain();
+        assert_eq!(
+            segment_files(&dir.0).len(),
+            1,
+            "round {round}: delivered segments deleted"
+        );
+        assert!(
+            append(&log, n).is_ok(),
+            "round {round}: records are spooled again"
+        );
+        n += 1;
+    }
+    drop((ledger, log));
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(pending_ids(&log, &ledger), vec![format!("id-{}", n - 1)]);
+}

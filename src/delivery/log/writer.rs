@@ -1,13 +1,18 @@
 //! Appending (on Asterisk's CDR and CEL threads) and starting segments: one `pwrite`
 //! of the framed record into the page cache under the writer's lock, nothing of a
 //! refused record left behind, and the space of a delivered segment given back.
+//!
+//! The writer owns the current segment's file (shared with the index while the segment
+//! is current); sealing a segment lets its descriptor go, or hands it to the interval
+//! sync, which closes it once it is on disk.
 
-use std::fs::File;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use super::format::{self, NewRecord};
-use super::{lock, now_ms, segment_path, Entry, Log, SegmentInfo, SyncPolicy, SEGMENT_BYTES};
+use super::index::Index;
+use super::io::Handle;
+use super::{lock, now_ms, segment_path, Log, SegmentInfo, SyncPolicy};
 
 /// A delivered current segment past this size is replaced, giving its space back.
 const ROTATE_DELIVERED_BYTES: u64 = 256 * 1024;
@@ -40,7 +45,7 @@ impl std::error::Error for AppendError {}
 
 pub(super) struct Active {
     pub(super) first_seq: u64,
-    pub(super) file: Arc<File>,
+    pub(super) file: Arc<Handle>,
     pub(super) bytes: u64,
 }
 
@@ -108,14 +113,15 @@ impl Log {
     fn append_buffered(&self, writer: &mut Writer) -> Result<u64, AppendError> {
         let length = writer.buffer.len() as u64;
         let max = self.settings.max_bytes;
-        if max > 0 && lock(&self.state).undelivered + length > max {
+        // Counted now, against what destinations have confirmed up to this moment.
+        if max > 0 && lock(&self.state).undelivered() + length > max {
             return Err(AppendError::Full { max_bytes: max });
         }
         let needs_segment = match &writer.segment {
             None => true,
             Some(active) => {
                 writer.broken
-                    || (active.bytes + length > SEGMENT_BYTES
+                    || (active.bytes + length > self.segment_bytes
                         && active.bytes > format::SEGMENT_HEADER_LEN as u64)
             }
         };
@@ -149,16 +155,12 @@ impl Log {
         let pressure = {
             let mut state = lock(&self.state);
             state.next_seq = writer.next_seq;
-            state.undelivered += length;
             if let Some(segment) = state.segments.get_mut(&active.first_seq) {
-                segment.committed = active.bytes;
-                segment.entries.push(Entry {
-                    seq,
-                    offset: offset as u32,
-                    len: length as u32,
-                });
+                segment.index.push(seq, offset as u32, length as u32);
+                state.records += 1;
+                state.bytes += length;
             }
-            self.settings.max_bytes > 0 && state.undelivered * 8 > self.settings.max_bytes
+            max > 0 && state.undelivered() * 8 > max
         };
         self.counters.appended.fetch_add(1, Ordering::Relaxed);
         if self.short_of_space.load(Ordering::Relaxed) {
@@ -200,7 +202,7 @@ impl Log {
             let _ = self.io.remove(&path);
             return Err(error);
         }
-        let file = Arc::new(file);
+        let file = Arc::new(self.io.keep(file));
         let old = writer.segment.replace(Active {
             first_seq,
             file: Arc::clone(&file),
@@ -211,19 +213,23 @@ impl Log {
         if let Some(old) = old {
             if let Some(segment) = state.segments.get_mut(&old.first_seq) {
                 segment.sealed = true;
+                segment.file = None;
             }
+            // Synced before its descriptor goes (else it goes now).
             if self.settings.sync == SyncPolicy::Interval {
                 state.unsynced.push(old.file);
             }
         }
+        let (records_before, bytes_before) = (state.records, state.bytes);
         state.segments.insert(
             first_seq,
             SegmentInfo {
                 path,
-                file,
-                committed: header.len() as u64,
-                entries: Vec::with_capacity(1024),
+                file: Some(file),
+                index: Index::with_capacity(1024),
                 sealed: false,
+                records_before,
+                bytes_before,
             },
         );
         state.dir_dirty = true;
