@@ -765,16 +765,7 @@ fn disabled_destination_catches_up_when_enabled_with_nothing_lost_or_doubled() {
         .iter()
         .map(record_id)
         .collect();
-    let file: Vec<String> = file_lines(&dir)
-        .values()
-        .flatten()
-        .map(|line| {
-            let record: Value = serde_json::from_str(line).expect("JSON");
-            record["linkedid"].as_str().unwrap_or("").to_string()
-                + "/"
-                + &record["sequence"].to_string()
-        })
-        .collect();
+    let file = identities_in_files(&dir);
     let unique: HashSet<&String> = file.iter().collect();
     assert_eq!(unique.len(), file.len(), "nothing doubled in the file");
     assert_eq!(
@@ -989,16 +980,25 @@ fn loaded_at_boot_with_prometheus_and_every_destination_type_unloads_cleanly() {
     );
 }
 
-/// The `linkedid/sequence` of each record on `topic` (a CDR's identity).
+/// A CDR's identity: `linkedid/sequence`.
+fn identity(record: &Value) -> String {
+    record["linkedid"].as_str().unwrap_or("").to_string() + "/" + &record["sequence"].to_string()
+}
+
+/// The identity of each record on `topic`.
 fn identities(root: &Root, brokers: &str, topic: &str) -> Vec<String> {
     root.read_topic(brokers, topic)
         .iter()
-        .map(|message| {
-            let record = message.json();
-            record["linkedid"].as_str().unwrap_or("").to_string()
-                + "/"
-                + &record["sequence"].to_string()
-        })
+        .map(|message| identity(&message.json()))
+        .collect()
+}
+
+/// The identity of each record of the files in `dir`.
+fn identities_in_files(dir: &Path) -> Vec<String> {
+    file_lines(dir)
+        .values()
+        .flatten()
+        .map(|line| identity(&serde_json::from_str(line).expect("JSON")))
         .collect()
 }
 
@@ -1064,16 +1064,7 @@ fn a_disabled_alternative_lets_the_sufficient_file_take_the_records_after_give_u
     assert!(out.contains("destination 'global' disabled"), "{out}");
     asterisk.flood(200);
     let rows = wait_until_settled(&asterisk);
-    let in_file: HashSet<String> = file_lines(&dir)
-        .values()
-        .flatten()
-        .map(|line| {
-            let record: Value = serde_json::from_str(line).expect("JSON");
-            record["linkedid"].as_str().unwrap_or("").to_string()
-                + "/"
-                + &record["sequence"].to_string()
-        })
-        .collect();
+    let in_file: HashSet<String> = identities_in_files(&dir).into_iter().collect();
     assert_eq!(
         in_file.len(),
         200,
