@@ -10,6 +10,8 @@
 
 pub mod dead_letter;
 pub mod destination;
+#[cfg(test)]
+mod engine_model;
 pub mod feeder;
 pub mod file;
 pub mod http;
