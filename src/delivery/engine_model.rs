@@ -38,15 +38,17 @@ use crate::routing::{Missed, RecordKinds, Route};
 /// the restart is given up at its first pass). The property that fails with it on is
 /// `check_give_up`: a destination gives up only what waited `give_up_after` in this
 /// process.
-const PASS_RIGHT_AFTER_A_RESTART: bool = false;
+const PASS_RIGHT_AFTER_A_RESTART: bool = true;
 
 /// The end first settles the running destinations while the CLI-disabled ones stay
-/// disabled, and checks that the walk went on past a disabled destination whose
+/// disabled (a destination still reads the log in order: a record the walk waits for there
+/// holds back the records after it at that destination), and checks that the walk went on
+/// past a disabled destination whose
 /// `give_up_after` has passed (counted as failed) or whose rules leave the record out
 /// (passed over); it waits for one without `give_up_after`. Off because of the defect "a
 /// disabled `alternative` blocks the walk" (a disabled `sufficient` too: the destinations
 /// after it wait for it).
-const SETTLE_WITH_A_DESTINATION_DISABLED: bool = false;
+const SETTLE_WITH_A_DESTINATION_DISABLED: bool = true;
 
 /// A record is dead-lettered once across reloads and clean stops. Off because of a defect
 /// this test found: a failure one destination confirmed (after writing the dead letter)
@@ -55,7 +57,10 @@ const SETTLE_WITH_A_DESTINATION_DISABLED: bool = false;
 /// stack, and dead-lettered a second time. What triggers it is the feeders' own timing,
 /// which no step of the generator can avoid, so this flag relaxes the check instead: a
 /// second dead letter across a reload or a clean stop is let through (each must still be
-/// its epoch's verdict).
+/// its epoch's verdict). The same defect lets a destination whose give-up was decided but
+/// not confirmed before a clean stop try the record again after it (the limit counts from
+/// the start of each run) and deliver it: the dead letter then names it beside the
+/// destinations that did fail, which is let through too.
 const ONE_DEAD_LETTER_ACROSS_RELOADS_AND_STOPS: bool = false;
 
 /// A destination that refuses through its outcomes may break (and be rebuilt). Off
@@ -63,7 +68,7 @@ const ONE_DEAD_LETTER_ACROSS_RELOADS_AND_STOPS: bool = false;
 /// awaits its verdict; when the verdict comes and the record is confirmed meanwhile, the
 /// second refusal (an outcome for a record already confirmed) is failed anew on a fresh
 /// board entry and the record is dead-lettered a second time by the same stack.
-const REBUILD_WHILE_A_LATE_REFUSAL_IS_IN_FLIGHT: bool = false;
+const REBUILD_WHILE_A_LATE_REFUSAL_IS_IN_FLIGHT: bool = true;
 
 /// Destination names; a reload that adds one takes the first free name (a name removed
 /// earlier comes back with its old ledger file).
@@ -486,7 +491,7 @@ struct Running {
 enum Slot {
     Running(Box<Running>),
     /// Disabled from the CLI (or being stopped): its ledger waits.
-    Parked(Ledger),
+    Parked(Box<Ledger>),
     Gone,
 }
 
@@ -636,7 +641,10 @@ impl Case {
         let members = self
             .config
             .iter()
-            .map(|d| Member::new(d.flag, route(d)))
+            .map(|d| {
+                Member::new(d.flag, route(d))
+                    .with_give_up_after(d.give_up_ms.map(Duration::from_millis))
+            })
             .collect();
         let stack = Stack::new(members);
         self.process().stack = stack.is_coupled().then_some(stack);
@@ -655,6 +663,7 @@ impl Case {
         rules.route = route(dest);
         rules.give_up_after = dest.give_up_ms.map(Duration::from_millis);
         rules.stack = process.stack.as_ref().map(|s| (Arc::clone(s), pos));
+        rules.tried_since_ms = process.started_ms;
         let stats = Arc::new(DestinationStats::default());
         let destination = Box::new(Memory {
             name: NAMES[dest.name],
@@ -770,7 +779,7 @@ impl Case {
                 let pos = d % len;
                 let slot = std::mem::replace(&mut self.process().slots[pos], Slot::Gone);
                 let slot = match slot {
-                    Slot::Parked(ledger) => self.start(pos, ledger),
+                    Slot::Parked(ledger) => self.start(pos, *ledger),
                     other => other,
                 };
                 self.process().slots[pos] = slot;
@@ -884,6 +893,13 @@ impl Case {
     /// Stops one feeder as `cdr kafka destination disable` does.
     fn disable(&mut self, pos: usize) -> Result<(), String> {
         self.stop_one(pos, None)?;
+        let above = match &self.process().slots[pos] {
+            Slot::Parked(ledger) => ledger.state().above.clone(),
+            _ => Default::default(),
+        };
+        if let Some(stack) = &self.process().stack {
+            stack.detach(pos, above);
+        }
         self.survive()?;
         Ok(())
     }
@@ -906,7 +922,7 @@ impl Case {
         let started = Instant::now();
         let (ledger, _) = feeder.run(&stop);
         let took = started.elapsed();
-        self.process().slots[pos] = Slot::Parked(ledger);
+        self.process().slots[pos] = Slot::Parked(Box::new(ledger));
         if DestinationStats::get(&stats.gave_up) > before {
             self.check_give_up(pos, now_ms())?;
         }
@@ -978,7 +994,7 @@ impl Case {
                         confirmed.insert((dest.name, record.n));
                     }
                 }
-                kept.insert(dest.name, ledger);
+                kept.insert(dest.name, *ledger);
             }
         }
         let old = std::mem::replace(&mut self.config, config);
@@ -1122,9 +1138,12 @@ impl Case {
         if self.epochs.len() - 1 != epoch {
             return Ok(()); // a planned crash restarted everything
         }
+        // A destination's cursor stops at a record the walk waits for there (a disabled
+        // destination before it, without give_up_after_ms): the records after it wait too.
+        let mut behind_a_wait = vec![false; self.config.len()];
         for record in self.records.iter().filter(|r| r.seq.is_some()) {
             let mut ended = false;
-            for (dest, disabled) in self.config.iter().zip(&disabled) {
+            for (pos, (dest, disabled)) in self.config.iter().zip(&disabled).enumerate() {
                 let name = NAMES[dest.name];
                 let did = self.did(epoch, dest, record.n);
                 let taken = takes(dest, record.spec) && !ended;
@@ -1140,8 +1159,12 @@ impl Case {
                     Status::Ok
                 } else if did.refused || dest.give_up_ms.is_some() {
                     Status::Failed
-                } else if *disabled {
-                    break; // the walk waits for it
+                } else if *disabled || behind_a_wait[pos] {
+                    // The walk waits for it, and so do the later destinations taking it.
+                    for (later, other) in self.config.iter().enumerate().skip(pos + 1) {
+                        behind_a_wait[later] |= takes(other, record.spec);
+                    }
+                    break;
                 } else {
                     return Err(format!(
                         "id-{} never reached {name} while a destination before it is disabled",
@@ -1289,8 +1312,17 @@ impl Case {
                 } else {
                     walked?
                 };
+                // The dead-letter file keeps one letter per record: an earlier epoch's
+                // letter naming these failures (and perhaps a destination whose failure
+                // was confirmed since, which reads as a delivery now) stands for this one.
+                let earlier = lettered.iter().any(|&e| {
+                    self.dead_letters(e, record.n)
+                        .iter()
+                        .any(|named| walk.failed.is_subset(named))
+                });
                 match (walk.success, letters.first()) {
                     (true, None) => {}
+                    (false, None) if earlier => {}
                     (false, Some(named)) => ensure!(
                         **named == walk.failed,
                         "dead letter names {named:?}, the walk failed at {:?}",
@@ -1377,7 +1409,11 @@ impl Case {
         let again = letters.len() > expected && !ONE_DEAD_LETTER_ACROSS_RELOADS_AND_STOPS;
         ensure!(
             (letters.len() == expected || again)
-                && letters.first().is_none_or(|named| **named == walk.failed),
+                && letters.first().is_none_or(|named| {
+                    **named == walk.failed
+                        || (!ONE_DEAD_LETTER_ACROSS_RELOADS_AND_STOPS
+                            && walk.failed.is_subset(named))
+                }),
             "across clean stops: dead letters {letters:?}, what the destinations did: {:?}",
             walk.statuses
         );

@@ -401,6 +401,7 @@ impl Feeder {
                 self.last_rebuild = Some(Instant::now());
                 // Whatever it held may or may not have arrived: offered again.
                 self.retries.clear();
+                self.captured.clear();
                 let from = self.ledger.state().watermark;
                 let offered_again = self.log.count_from(from);
                 DestinationStats::add(&self.stats.retried, offered_again);
@@ -425,6 +426,9 @@ impl Feeder {
         for (seq, outcome) in outcomes.iter().cloned() {
             let captured = self.captured.remove(&seq);
             match outcome {
+                // A second copy's report (offered again after a rebuild) of a record
+                // whose fate is settled: nothing more to do.
+                Outcome::Retry | Outcome::Refused(_) if self.ledger.is_acked(seq) => {}
                 Outcome::Delivered => {
                     if self.ledger.ack(seq) {
                         DestinationStats::add(&self.stats.delivered, 1);

@@ -198,7 +198,13 @@ impl Delivery {
         let unconfirmed = self.stop(name)?;
         if let Some(stack) = &self.stack {
             if let Some(index) = stack.index_of(name) {
-                stack.detach(index);
+                let above = self
+                    .parked
+                    .iter()
+                    .find(|ledger| ledger.name() == name)
+                    .map(|ledger| ledger.state().above.clone())
+                    .unwrap_or_default();
+                stack.detach(index, above);
             }
         }
         Some(unconfirmed)

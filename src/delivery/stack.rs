@@ -21,7 +21,7 @@
 //! while a record a destination confirmed counts as delivered (or not taken, by its
 //! rules).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -67,6 +67,8 @@ pub struct Member {
     confirmed: Mutex<Option<Arc<Watermarks>>>,
     /// Not disabled (from the CLI).
     running: AtomicBool,
+    /// Records it confirmed above its watermark when it was disabled.
+    confirmed_above: Mutex<BTreeSet<u64>>,
 }
 
 impl Member {
@@ -77,6 +79,7 @@ impl Member {
             give_up_after: None,
             confirmed: Mutex::new(None),
             running: AtomicBool::new(true),
+            confirmed_above: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -182,6 +185,20 @@ impl Board {
         }
     }
 
+    /// Records above what everyone confirmed with a status posted.
+    fn open_records(&self) -> usize {
+        let mut open = 0;
+        for (number, chunk) in self.chunks.iter().enumerate() {
+            let first = self.base + (number * CHUNK_RECORDS) as u64;
+            for (at, cells) in chunk.chunks(self.width).enumerate() {
+                if first + at as u64 >= self.forgotten_below && cells.iter().any(|c| *c != 0) {
+                    open += 1;
+                }
+            }
+        }
+        open
+    }
+
     fn bytes(&self) -> usize {
         self.chunks.len() * CHUNK_RECORDS * self.width * std::mem::size_of::<u16>()
             + self.reasons.iter().map(|r| r.capacity() * 2).sum::<usize>()
@@ -249,9 +266,15 @@ impl Stack {
         self.members[index].running.store(true, Ordering::Release);
     }
 
-    /// A destination was disabled: the walk stops waiting for it (see the file's head).
-    pub fn detach(&self, index: usize) {
-        self.members[index].running.store(false, Ordering::Release);
+    /// A destination was disabled, having confirmed `confirmed_above` above its
+    /// watermark: the walk stops waiting for it (see the file's head).
+    pub fn detach(&self, index: usize, confirmed_above: BTreeSet<u64>) {
+        let member = &self.members[index];
+        *member
+            .confirmed_above
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = confirmed_above;
+        member.running.store(false, Ordering::Release);
     }
 
     /// How long `record` has been tried in this run, in ms.
@@ -270,16 +293,19 @@ impl Stack {
     }
 
     fn confirmed(&self, index: usize, seq: u64) -> bool {
+        let member = &self.members[index];
         self.watermark(index)
             .is_some_and(|confirmed| confirmed > seq)
+            || (!member.running.load(Ordering::Acquire)
+                && member
+                    .confirmed_above
+                    .lock()
+                    .is_ok_and(|above| above.contains(&seq)))
     }
 
-    /// A stopped destination's failure: `record` waited its whole `give_up_after_ms`.
+    /// A disabled destination's failure: `record` waited its whole `give_up_after_ms`.
     fn gave_up_while_stopped(&self, index: usize, record: &StoredRecord<'_>) -> Option<String> {
         let member = &self.members[index];
-        if member.running.load(Ordering::Acquire) {
-            return None;
-        }
         let limit = member.give_up_after?;
         (self.tried_for_ms(record) >= limit.as_millis() as u64).then(|| {
             format!(
@@ -318,9 +344,23 @@ impl Stack {
                         Status::Passed
                     }
                 }
+                // Not dealt with yet: what its rules and the walk say is known now (it
+                // will post the same); a record it takes waits for it, unless it is
+                // disabled and the record's give-up time is up.
                 None => {
-                    reason = Some(self.gave_up_while_stopped(index, record)?);
-                    Status::Failed
+                    let route = &self.members[index].route;
+                    let fields = fields
+                        .get_or_insert_with(|| Fields::parse(record.payload))
+                        .as_ref();
+                    let taken = route.decide(record, fields) == Decision::Take;
+                    if !taken || !reached(&self.flags[..index], &statuses) {
+                        Status::Passed
+                    } else if self.members[index].running.load(Ordering::Acquire) {
+                        return None;
+                    } else {
+                        reason = Some(self.gave_up_while_stopped(index, record)?);
+                        Status::Failed
+                    }
                 }
             };
             statuses.push(status);
@@ -404,6 +444,11 @@ impl Stack {
             .min()
             .unwrap_or(0);
         self.board().forget_below(lowest);
+    }
+
+    /// Records with a status posted that not every destination has confirmed yet.
+    pub fn open_records(&self) -> usize {
+        self.board().open_records()
     }
 
     /// Bytes the board holds (the bound: two per record and destination).
@@ -642,7 +687,7 @@ mod tests {
         let mut young = record(2);
         young.captured_ms = now_ms();
         assert_eq!(stack.reaches(1, &old), None, "running: the file waits");
-        stack.detach(0);
+        stack.detach(0, BTreeSet::new());
         assert_eq!(
             stack.reaches(1, &old),
             Some(true),
@@ -663,14 +708,14 @@ mod tests {
         );
         // A run that started after the capture gives the record the whole limit again.
         stack.attach(0, watermarks(0), now_ms());
-        stack.detach(0);
+        stack.detach(0, BTreeSet::new());
         assert_eq!(stack.reaches(1, &record_at(3, old.captured_ms)), None);
     }
 
     #[test]
     fn a_disabled_destination_without_give_up_after_holds_the_walk() {
         let stack = failover();
-        stack.detach(0);
+        stack.detach(0, BTreeSet::new());
         let mut old = record(1);
         old.captured_ms = 1;
         assert_eq!(stack.reaches(1, &old), None);
