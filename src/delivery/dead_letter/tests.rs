@@ -8,6 +8,13 @@ use crate::delivery::log::io::{Fault, FaultPlan, Op};
 use crate::delivery::log::tests::TempDir;
 use crate::delivery::log::RecordKind;
 
+/// Writes a dead letter of record `seq`/`id` for `destination`; it must succeed.
+fn write(letters: &DeadLetters, destination: &str, seq: u64, id: &str, reason: &str) {
+    letters
+        .write(destination, &record(seq, id), reason)
+        .expect("dead letter written");
+}
+
 fn record<'a>(seq: u64, record_id: &'a str) -> StoredRecord<'a> {
     StoredRecord {
         seq,
@@ -91,9 +98,7 @@ fn short_write_is_cut_back_and_the_retry_starts_a_clean_line() {
     let letters = DeadLetters::new(&dir.0, Io::with_faults(plan));
     assert!(letters.write("global", &one, "too large").is_err());
     letters.write("global", &one, "too large").unwrap();
-    letters
-        .write("global", &record(8, "id-8"), "too large")
-        .unwrap();
+    write(&letters, "global", 8, "id-8", "too large");
     assert_eq!(
         keys(&dir.0),
         [key("global", 7, "id-7"), key("global", 8, "id-8")]
@@ -104,24 +109,14 @@ fn short_write_is_cut_back_and_the_retry_starts_a_clean_line() {
 fn dead_letter_written_before_a_stop_is_not_written_again_at_the_next_start() {
     let dir = folder("dead-restart");
     let letters = DeadLetters::new(&dir.0, Io::real());
-    letters
-        .write("global", &record(3, "id-3"), "too large")
-        .unwrap();
-    letters
-        .write("global", &record(4, "id-4"), "too large")
-        .unwrap();
+    write(&letters, "global", 3, "id-3", "too large");
+    write(&letters, "global", 4, "id-4", "too large");
     drop(letters);
     // The ledger had not recorded either: the next start refuses both again.
     let letters = DeadLetters::new(&dir.0, Io::real());
-    letters
-        .write("global", &record(3, "id-3"), "too large")
-        .unwrap();
-    letters
-        .write("global", &record(4, "id-4"), "too large")
-        .unwrap();
-    letters
-        .write("global", &record(5, "id-5"), "too large")
-        .unwrap();
+    write(&letters, "global", 3, "id-3", "too large");
+    write(&letters, "global", 4, "id-4", "too large");
+    write(&letters, "global", 5, "id-5", "too large");
     assert_eq!(
         keys(&dir.0),
         [
@@ -136,23 +131,15 @@ fn dead_letter_written_before_a_stop_is_not_written_again_at_the_next_start() {
 fn another_destination_or_another_record_under_the_same_seq_gets_its_own_line() {
     let dir = folder("dead-others");
     let letters = DeadLetters::new(&dir.0, Io::real());
-    letters
-        .write("global", &record(3, "id-3"), "too large")
-        .unwrap();
+    write(&letters, "global", 3, "id-3", "too large");
     drop(letters);
     let letters = DeadLetters::new(&dir.0, Io::real());
     // Independent destinations each dead-letter what they refused.
-    letters
-        .write("archive", &record(3, "id-3"), "bad path")
-        .unwrap();
+    write(&letters, "archive", 3, "id-3", "bad path");
     // A spool started afresh numbers from 0 again: a new record, not the old one.
-    letters
-        .write("global", &record(3, "id-new"), "too large")
-        .unwrap();
+    write(&letters, "global", 3, "id-new", "too large");
     // A stack's letter names every destination that failed it; one of them is already there.
-    letters
-        .write("global,crm", &record(3, "id-3"), "global: x; crm: y")
-        .unwrap();
+    write(&letters, "global,crm", 3, "id-3", "global: x; crm: y");
     assert_eq!(
         keys(&dir.0),
         [
@@ -167,18 +154,14 @@ fn another_destination_or_another_record_under_the_same_seq_gets_its_own_line() 
 fn partial_line_left_by_a_crash_is_cut_off_at_the_next_start() {
     let dir = folder("dead-torn");
     let letters = DeadLetters::new(&dir.0, Io::real());
-    letters
-        .write("global", &record(1, "id-1"), "too large")
-        .unwrap();
+    write(&letters, "global", 1, "id-1", "too large");
     drop(letters);
     let path = dir.0.join(DEAD_LETTER_FILE);
     let mut text = std::fs::read(&path).unwrap();
     text.extend_from_slice(b"{\"reason\":\"too lar");
     std::fs::write(&path, &text).unwrap();
     let letters = DeadLetters::new(&dir.0, Io::real());
-    letters
-        .write("global", &record(2, "id-2"), "too large")
-        .unwrap();
+    write(&letters, "global", 2, "id-2", "too large");
     assert_eq!(
         keys(&dir.0),
         [key("global", 1, "id-1"), key("global", 2, "id-2")]
