@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod destinations;
 pub mod metrics;
 pub mod module;
+pub mod plan;
 pub mod ratelimit;
 pub mod record;
 pub mod routing;

@@ -15,20 +15,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::asterisk::host::{self, Identity};
 use crate::cel::{self, CelEncodeOptions, CelEvent};
 use crate::config::{self, ConfigError, HostCapabilities, Settings, CONFIG_FILE};
-use crate::delivery::destination::Destination;
-use crate::delivery::feeder::{DestinationStats, Rules};
-use crate::delivery::kafka::SharedProducer;
+use crate::delivery::feeder::DestinationStats;
 use crate::delivery::log::{
     legacy, AppendError, Log, LogError, LogSettings, NewRecord, RecordKind, SyncPolicy,
 };
-use crate::delivery::stack::Stack;
 use crate::delivery::stats::Stats;
 use crate::delivery::{Delivery, DeliveryError};
-use crate::destinations::{self, feeder_settings, BuildError};
+use crate::destinations::{self, BuildError};
 use crate::ratelimit::{suppressed_note, RateLimit};
 use crate::record::{self, Cdr, EncodeOptions};
 use crate::routing::KAFKA_TO_HEADER;
-use crate::{ast_log, asterisk};
+use crate::{ast_log, asterisk, plan};
 
 pub use crate::destinations::GLOBAL_DESTINATION;
 
@@ -166,47 +163,6 @@ fn log_settings(settings: &Settings, identity: &Identity) -> LogSettings {
     }
 }
 
-/// Starts every destination `settings` enables (ledgers of the same names carry over).
-fn start_destinations(
-    delivery: &mut Delivery,
-    settings: &Settings,
-    identity: &Identity,
-) -> Result<(), LoadError> {
-    let (stack, shared, built) = build_destinations(settings, identity)?;
-    delivery.stack = stack;
-    delivery.shared_producer = Some(shared);
-    for (destination, rules) in built {
-        let unconfirmed = delivery
-            .start_with_rules(destination, feeder_settings(settings), rules)
-            .map_err(LoadError::Delivery)?;
-        report_unconfirmed(unconfirmed, settings.flush_timeout);
-    }
-    Ok(())
-}
-
-/// Builds every destination `settings` enables, with their stack.
-fn build_destinations(settings: &Settings, identity: &Identity) -> Result<Built, LoadError> {
-    let stack: Option<Arc<Stack>> = destinations::stack(settings);
-    let shared = destinations::shared_producer(settings)?;
-    let mut built = Vec::new();
-    for planned in destinations::planned(settings) {
-        built.push(destinations::build(
-            settings,
-            identity,
-            &planned.name,
-            stack.as_ref(),
-            &shared,
-        )?);
-    }
-    Ok((stack, shared, built))
-}
-
-type Built = (
-    Option<Arc<Stack>>,
-    Arc<SharedProducer>,
-    Vec<(Box<dyn Destination>, Rules)>,
-);
-
 /// Why the module could not load, or a reload was refused.
 #[derive(Debug)]
 pub enum LoadError {
@@ -288,7 +244,8 @@ impl Running {
         }
         let log = Arc::new(log);
         let mut delivery = Delivery::new(Arc::clone(&log));
-        start_destinations(&mut delivery, &settings, &identity)?;
+        let plan = plan::for_load(&settings, &identity, &delivery)?;
+        delivery.install(plan.change).map_err(LoadError::Delivery)?;
         let waiting = delivery
             .statuses()
             .iter()
@@ -704,22 +661,16 @@ pub fn reload() -> Result<(), LoadError> {
         );
         settings.spool = old.settings.spool.clone();
     }
-    // Same destinations and pacing: keep them, so nothing in flight is disturbed.
-    let same_destinations = settings.kafka == old.settings.kafka
-        && settings.routing == old.settings.routing
-        && settings.destinations == old.settings.destinations
-        && feeder_settings(&settings) == feeder_settings(&old.settings);
-    let replacement = if same_destinations {
-        None
-    } else {
-        // Built before anything stops: a destination that cannot be made refuses the
-        // reload and the running ones go on.
-        Some(build_destinations(&settings, &identity)?)
+    // Built before anything stops, installed whole or not at all: a reload that cannot
+    // complete leaves everything running as it was.
+    let summary = {
+        let mut delivery = lock(&old.delivery);
+        let plan = plan::for_reload(Some(&old.settings), &settings, &identity, &delivery)?;
+        let summary = plan.summary();
+        let unconfirmed = delivery.install(plan.change).map_err(LoadError::Delivery)?;
+        report_unconfirmed(unconfirmed, settings.flush_timeout);
+        summary
     };
-    let old_names: Vec<String> = destinations::planned(&old.settings)
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
     let running = Running::new(
         settings,
         identity,
@@ -729,40 +680,7 @@ pub fn reload() -> Result<(), LoadError> {
         Arc::clone(&old.record_ids),
     );
     drop(old);
-    if let Some((stack, shared, built)) = replacement {
-        // The old destinations stop (bounded flush) before the new ones read the log,
-        // and each ledger passes to the destination of the same name: no record twice,
-        // none lost. A destination no longer configured lets the log forget it.
-        let mut delivery = lock(&running.delivery);
-        let unconfirmed = delivery.shutdown();
-        report_unconfirmed(unconfirmed, running.settings.flush_timeout);
-        for name in &old_names {
-            if !built.iter().any(|(d, _)| d.name() == name) {
-                delivery.forget(name);
-            }
-        }
-        delivery.stack = stack;
-        delivery.shared_producer = Some(shared);
-        for (destination, rules) in built {
-            delivery
-                .start_with_rules(destination, feeder_settings(&running.settings), rules)
-                .map_err(LoadError::Delivery)?;
-        }
-    } else {
-        // What the file enables runs after a reload, also what the CLI disabled.
-        for planned in destinations::planned(&running.settings) {
-            if !lock(&running.delivery).is_running(&planned.name) {
-                let message =
-                    set_destination_enabled_in(&running, &planned.name, true).map_err(|error| {
-                        LoadError::Build(BuildError::Open {
-                            name: planned.name.clone(),
-                            error,
-                        })
-                    })?;
-                ast_log!(Notice, "reload: {message}");
-            }
-        }
-    }
+    ast_log!(Notice, "reload: destinations {summary}");
     ast_log!(
         Notice,
         "reloaded: publishing CDRs to Kafka topic '{}' at {}",
@@ -1128,7 +1046,10 @@ fn set_destination_enabled_in(
         (true, true) => Ok(format!("destination '{name}' is already enabled")),
         (false, false) => Ok(format!("destination '{name}' is already disabled")),
         (false, true) => {
-            let unconfirmed = delivery.disable(name).unwrap_or(0);
+            let plan = plan::for_disable(&delivery, name);
+            let unconfirmed = delivery
+                .install(plan.change)
+                .map_err(|error| error.to_string())?;
             let waiting = delivery.waiting_for(name);
             ast_log!(Notice, "destination '{name}' disabled from the CLI");
             Ok(format!(
@@ -1136,22 +1057,10 @@ fn set_destination_enabled_in(
             ))
         }
         (true, false) => {
-            let stack = delivery.stack.clone();
-            let shared = match &delivery.shared_producer {
-                Some(shared) => Arc::clone(shared),
-                None => destinations::shared_producer(&running.settings)
-                    .map_err(|error| error.to_string())?,
-            };
-            let (destination, rules) = destinations::build(
-                &running.settings,
-                &running.identity,
-                name,
-                stack.as_ref(),
-                &shared,
-            )
-            .map_err(|error| error.to_string())?;
+            let plan = plan::for_enable(&running.settings, &running.identity, &delivery, name)
+                .map_err(|error| error.to_string())?;
             delivery
-                .start_with_rules(destination, feeder_settings(&running.settings), rules)
+                .install(plan.change)
                 .map_err(|error| error.to_string())?;
             ast_log!(Notice, "destination '{name}' enabled from the CLI");
             Ok(format!(

@@ -1088,3 +1088,115 @@ fn a_disabled_alternative_lets_the_sufficient_file_take_the_records_after_give_u
         "no final failure"
     );
 }
+
+/// `[global]` on a broker behind a relay, and a file destination writing to `file`.
+fn global_and_archive(brokers: &str, file: &str, more: &str) -> String {
+    format!(
+        "[global]\nbrokers = {brokers}\ntopic = all\nflush_timeout_ms = 3000\n\n\
+         [archive]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-reload/{file}\n{more}"
+    )
+}
+
+fn write_conf(root: &Root, conf: &str) {
+    fs::write(root.path.join("etc/asterisk/cdr_kafka.conf"), conf).expect("write cdr_kafka.conf");
+}
+
+#[test]
+fn a_reload_that_changes_the_file_leaves_kafka_and_what_it_has_in_flight_alone() {
+    let _one = lock();
+    let root = Root::from_env();
+    let mut tansu = Tansu::start_behind_relay();
+    tansu.create_topic("all");
+    let dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-reload");
+    let asterisk = start(&root, &global_and_archive(&tansu.brokers(), "a.jsonl", ""));
+    asterisk.flood(100);
+    wait_until_settled(&asterisk);
+    tansu.cut_off();
+    asterisk.flood(200);
+    write_conf(&root, &global_and_archive(&tansu.brokers(), "b.jsonl", ""));
+    let began = Instant::now();
+    asterisk.rx("module reload cdr_kafka.so");
+    support::wait_for("the reload", WAIT, || {
+        asterisk
+            .log()
+            .contains("reload: destinations")
+            .then_some(())
+    });
+    let took = began.elapsed();
+    let log = asterisk.log();
+    assert!(
+        log.contains("reload: destinations started archive; kept global"),
+        "{log}"
+    );
+    // Kafka was not stopped: no flush waited for the broker that is away.
+    assert!(!log.contains("were not confirmed"), "{log}");
+    assert!(took < Duration::from_secs(3), "the reload took {took:?}");
+    asterisk.flood(100);
+    tansu.reconnect();
+    wait_until_settled(&asterisk);
+    let on_kafka = identities(&root, &tansu.brokers(), "all");
+    let unique: HashSet<&String> = on_kafka.iter().collect();
+    assert_eq!(on_kafka.len(), 400, "every record on Kafka");
+    assert_eq!(unique.len(), 400, "none twice");
+    let files = file_lines(&dir);
+    let in_files = identities_in_files(&dir);
+    assert_eq!(
+        in_files.len(),
+        400,
+        "every record in the files: {:?}",
+        files.keys()
+    );
+    assert_eq!(in_files.iter().collect::<HashSet<_>>().len(), 400);
+    let b = files.iter().find(|(name, _)| name.starts_with("b.jsonl"));
+    assert_eq!(
+        b.map_or(0, |(_, lines)| lines.len()),
+        100,
+        "after the reload, b.jsonl"
+    );
+}
+
+#[test]
+fn a_reload_that_cannot_start_a_destination_leaves_every_destination_running_as_it_was() {
+    let _one = lock();
+    let root = Root::from_env();
+    let tansu = Tansu::start();
+    tansu.create_topic("all");
+    let dir = root_dir(&root, "var/log/asterisk/cdrk-e2e-reload");
+    let asterisk = start(&root, &global_and_archive(&tansu.brokers(), "a.jsonl", ""));
+    asterisk.flood(50);
+    wait_until_settled(&asterisk);
+    // The new destination's ledger cannot be made: a folder holds its name.
+    fs::create_dir_all(root.spool().join("extra.ledger")).expect("block the ledger");
+    let extra = "\n[extra]\ntype = file\npath = /var/log/asterisk/cdrk-e2e-reload/extra.jsonl\n";
+    write_conf(
+        &root,
+        &global_and_archive(&tansu.brokers(), "b.jsonl", extra),
+    );
+    asterisk.rx("module reload cdr_kafka.so");
+    support::wait_for("the refusal", WAIT, || {
+        asterisk.log().contains("reload refused").then_some(())
+    });
+    let log = asterisk.log();
+    assert!(
+        log.contains("'extra'"),
+        "the refusal names the destination: {log}"
+    );
+    assert!(!log.contains("reload: destinations"), "{log}");
+    asterisk.flood(50);
+    let rows = wait_until_settled(&asterisk);
+    assert!(!rows.contains_key("extra"), "{rows:?}");
+    assert_eq!(rows["global"].delivered, 100);
+    // The new configuration's files were opened to check them, and never written.
+    let files = file_lines(&dir);
+    let written: Vec<(&str, usize)> = files
+        .iter()
+        .filter(|(_, lines)| !lines.is_empty())
+        .map(|(name, lines)| (name.as_str(), lines.len()))
+        .collect();
+    assert_eq!(
+        written,
+        [("a.jsonl", 100)],
+        "the archive still writes a.jsonl"
+    );
+    assert_eq!(identities(&root, &tansu.brokers(), "all").len(), 100);
+}

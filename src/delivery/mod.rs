@@ -23,7 +23,7 @@ pub mod syslog;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -55,8 +55,44 @@ impl std::error::Error for DeliveryError {}
 struct Running {
     name: String,
     stop: Arc<Stop>,
-    thread: JoinHandle<(Ledger, u64)>,
+    thread: JoinHandle<Option<(Ledger, u64)>>,
     stats: Arc<DestinationStats>,
+}
+
+/// A feeder thread started before its feeder exists: starting a thread can fail, so
+/// `install` starts them before it stops anything.
+struct Waiting {
+    feeder: mpsc::SyncSender<Feeder>,
+    thread: JoinHandle<Option<(Ledger, u64)>>,
+}
+
+impl Waiting {
+    fn spawn(name: &str, stop: Arc<Stop>) -> std::io::Result<Self> {
+        let (feeder, handed) = mpsc::sync_channel::<Feeder>(1);
+        // Linux keeps 15 bytes of a thread's name.
+        let thread_name: String = format!("cdr_kafka-{name}").chars().take(15).collect();
+        let thread = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || handed.recv().ok().map(|feeder| feeder.run(&stop)))?;
+        Ok(Self { feeder, thread })
+    }
+}
+
+/// A destination to start, with its rules and pacing.
+pub struct Start {
+    pub destination: Box<dyn Destination>,
+    pub rules: Rules,
+    pub settings: FeederSettings,
+}
+
+/// What `install` changes: destinations to start (or restart, when one of the name
+/// runs), to disable, to forget; and the stack and shared producer after it.
+pub struct Change {
+    pub start: Vec<Start>,
+    pub disable: Vec<String>,
+    pub forget: Vec<String>,
+    pub stack: Option<Arc<stack::Stack>>,
+    pub shared_producer: Option<Arc<kafka::SharedProducer>>,
 }
 
 /// One destination's figures for the status.
@@ -126,66 +162,168 @@ impl Delivery {
         &mut self,
         destination: Box<dyn Destination>,
         settings: FeederSettings,
-        mut rules: Rules,
+        rules: Rules,
     ) -> Result<u64, DeliveryError> {
-        rules.tried_since_ms = self.started_ms;
-        let name = destination.name().to_string();
-        let unconfirmed = self.stop(&name).unwrap_or(0);
-        let ledger = match self.parked.iter().position(|l| l.name() == name) {
-            Some(index) => self.parked.swap_remove(index),
-            None => self.log.register(&name).map_err(DeliveryError::Ledger)?,
-        };
-        let stats = match self.stats.iter().find(|(n, _)| *n == name) {
-            Some((_, stats)) => Arc::clone(stats),
-            None => {
-                let stats = Arc::new(DestinationStats::default());
-                self.stats.push((name.clone(), Arc::clone(&stats)));
-                stats
-            }
-        };
-        let feeder = Feeder::new(
-            Arc::clone(&self.log),
-            ledger,
+        let mut change = self.change();
+        change.start.push(Start {
             destination,
-            Arc::clone(&self.dead_letters),
-            Arc::clone(&stats),
-            settings,
             rules,
-        );
-        let stop = Arc::new(Stop::default());
-        let thread_stop = Arc::clone(&stop);
-        // Linux keeps 15 bytes of a thread's name.
-        let thread_name: String = format!("cdr_kafka-{name}").chars().take(15).collect();
-        let thread = std::thread::Builder::new()
-            .name(thread_name)
-            .spawn(move || feeder.run(&thread_stop))
-            .map_err(DeliveryError::Thread)?;
-        self.running.push(Running {
-            name,
-            stop,
-            thread,
-            stats,
+            settings,
         });
+        self.install(change)
+    }
+
+    /// A change that keeps everything as it runs: the plan adds to it.
+    pub fn change(&self) -> Change {
+        Change {
+            start: Vec::new(),
+            disable: Vec::new(),
+            forget: Vec::new(),
+            stack: self.stack.clone(),
+            shared_producer: self.shared_producer.clone(),
+        }
+    }
+
+    /// The one way what runs changes (load, reload, the CLI): whole or not at all.
+    /// Everything that can fail (a new ledger, a thread) is done before anything
+    /// running stops; then the destinations replaced, disabled or forgotten stop side
+    /// by side (one bounded flush) and each new feeder takes its ledger over. Returns
+    /// the records the stopped ones left unconfirmed (they stay in the log).
+    pub fn install(&mut self, change: Change) -> Result<u64, DeliveryError> {
+        let mut registered = Vec::new();
+        let mut threads = Vec::new();
+        if let Err(error) = self.prepare(&change, &mut registered, &mut threads) {
+            for ledger in &registered {
+                self.log.unregister(ledger.name());
+            }
+            // Each waiting thread sees its sender dropped and ends.
+            for (_, _, _, handle) in threads {
+                drop(handle.feeder);
+                let _ = handle.thread.join();
+            }
+            return Err(error);
+        }
+        let replaced = change
+            .start
+            .iter()
+            .map(|s| s.destination.name().to_string());
+        let stopping: Vec<String> = replaced
+            .chain(change.disable.iter().cloned())
+            .chain(change.forget.iter().cloned())
+            .collect();
+        let unconfirmed = self.stop_together(&stopping, None);
+        for name in &change.forget {
+            self.parked.retain(|ledger| ledger.name() != name);
+            self.stats.retain(|(other, _)| other != name);
+            self.log.unregister(name);
+        }
+        self.stack = change.stack;
+        self.shared_producer = change.shared_producer;
+        for name in &change.disable {
+            self.detach(name);
+        }
+        let mut new_ledgers = registered;
+        for (start, (name, stop, stats, handle)) in change.start.into_iter().zip(threads) {
+            let Start {
+                destination,
+                mut rules,
+                settings,
+            } = start;
+            if !self.stats.iter().any(|(other, _)| *other == name) {
+                self.stats.push((name.clone(), Arc::clone(&stats)));
+            }
+            rules.tried_since_ms = self.started_ms;
+            let ledger = match self.parked.iter().position(|l| l.name() == name) {
+                Some(index) => self.parked.swap_remove(index),
+                None => {
+                    let index = new_ledgers
+                        .iter()
+                        .position(|l: &Ledger| l.name() == name)
+                        .expect("prepare registered a ledger for every new destination");
+                    new_ledgers.swap_remove(index)
+                }
+            };
+            let feeder = Feeder::new(
+                Arc::clone(&self.log),
+                ledger,
+                destination,
+                Arc::clone(&self.dead_letters),
+                Arc::clone(&stats),
+                settings,
+                rules,
+            );
+            // The thread waits in `recv` until it gets its feeder or the sender drops.
+            let _ = handle.feeder.send(feeder);
+            self.running.push(Running {
+                name,
+                stop,
+                thread: handle.thread,
+                stats,
+            });
+        }
         Ok(unconfirmed)
+    }
+
+    /// What `install` does before anything running stops: the ledgers of destinations
+    /// the log does not know yet, and a waiting thread for each feeder.
+    fn prepare(
+        &mut self,
+        change: &Change,
+        registered: &mut Vec<Ledger>,
+        threads: &mut Vec<(String, Arc<Stop>, Arc<DestinationStats>, Waiting)>,
+    ) -> Result<(), DeliveryError> {
+        for start in &change.start {
+            let name = start.destination.name();
+            let known = self.is_running(name) || self.parked.iter().any(|l| l.name() == name);
+            if !known && !registered.iter().any(|l| l.name() == name) {
+                registered.push(self.log.register(name).map_err(DeliveryError::Ledger)?);
+            }
+        }
+        for start in &change.start {
+            let name = start.destination.name().to_string();
+            // Counters carry over a restart; a new destination's are added by `install`.
+            let stats = self
+                .stats_of(&name)
+                .unwrap_or_else(|| Arc::new(DestinationStats::default()));
+            let stop = Arc::new(Stop::default());
+            let waiting =
+                Waiting::spawn(&name, Arc::clone(&stop)).map_err(DeliveryError::Thread)?;
+            threads.push((name, stop, stats, waiting));
+        }
+        Ok(())
+    }
+
+    /// Stops the named feeders that run, all at once so they flush side by side.
+    fn stop_together(&mut self, names: &[String], budget: Option<Duration>) -> u64 {
+        let (stopping, running): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|running| names.contains(&running.name));
+        self.running = running;
+        for running in &stopping {
+            running.stop.request(budget);
+        }
+        if !stopping.is_empty() {
+            self.log.wake_feeders();
+        }
+        stopping.into_iter().map(|running| self.join(running)).sum()
     }
 
     /// Stops a destination's feeder after its bounded flush; returns how many records
     /// it left unconfirmed (they stay in the log).
     pub fn stop(&mut self, name: &str) -> Option<u64> {
-        let index = self.running.iter().position(|r| r.name == name)?;
-        let running = self.running.swap_remove(index);
-        running.stop.request(None);
-        self.log.wake_feeders();
-        Some(self.join(running))
+        self.is_running(name)
+            .then(|| self.stop_together(&[name.to_string()], None))
     }
 
     /// Waits for a stopping feeder; parks its ledger and returns what it left unconfirmed.
     fn join(&mut self, running: Running) -> u64 {
         match running.thread.join() {
-            Ok((ledger, unconfirmed)) => {
+            Ok(Some((ledger, unconfirmed))) => {
                 self.parked.push(ledger);
                 unconfirmed
             }
+            // Never handed a feeder: nothing to park.
+            Ok(None) => 0,
             // The panic was logged by the hook; the ledger is reread at the next start.
             Err(_) => 0,
         }
@@ -195,7 +333,17 @@ impl Delivery {
     /// its records, and destinations after it in the stack stop waiting for it once
     /// its `give_up_after_ms` has passed.
     pub fn disable(&mut self, name: &str) -> Option<u64> {
-        let unconfirmed = self.stop(name)?;
+        if !self.is_running(name) {
+            return None;
+        }
+        let mut change = self.change();
+        change.disable.push(name.to_string());
+        self.install(change).ok()
+    }
+
+    /// A stopped destination's place in the stack: it confirms nothing more, and what it
+    /// confirmed out of order still counts.
+    fn detach(&self, name: &str) {
         if let Some(stack) = &self.stack {
             if let Some(index) = stack.index_of(name) {
                 let above = self
@@ -207,15 +355,19 @@ impl Delivery {
                 stack.detach(index, above);
             }
         }
-        Some(unconfirmed)
     }
 
     /// Stops a destination for good: the log no longer keeps records for it.
     pub fn forget(&mut self, name: &str) {
-        self.stop(name);
-        self.parked.retain(|ledger| ledger.name() != name);
-        self.stats.retain(|(other, _)| other != name);
-        self.log.unregister(name);
+        let mut change = self.change();
+        change.forget.push(name.to_string());
+        // Forgetting needs no ledger or thread: it cannot fail.
+        let _ = self.install(change);
+    }
+
+    /// The names of the destinations whose feeders run.
+    pub fn running_names(&self) -> Vec<String> {
+        self.running.iter().map(|r| r.name.clone()).collect()
     }
 
     /// A destination's counters (running or stopped).
@@ -251,14 +403,8 @@ impl Delivery {
     /// Stops every feeder at once, so they flush side by side: the whole stop takes one
     /// flush (at most `budget`, when given), not one per destination.
     pub fn shutdown_within(&mut self, budget: Option<Duration>) -> u64 {
-        for running in &self.running {
-            running.stop.request(budget);
-        }
-        self.log.wake_feeders();
-        let mut unconfirmed = 0;
-        for running in std::mem::take(&mut self.running) {
-            unconfirmed += self.join(running);
-        }
+        let names = self.running_names();
+        let unconfirmed = self.stop_together(&names, budget);
         self.log.sync_now();
         unconfirmed
     }

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::destination::{Destination, Offer, Outcome};
-use super::feeder::FeederSettings;
+use super::feeder::{FeederSettings, Rules};
 use super::log::tests::{append, settings, TempDir};
 use super::log::{Log, StoredRecord};
-use super::Delivery;
+use super::{Delivery, Start};
 
 /// What a memory destination did, shared with the test.
 #[derive(Default)]
@@ -542,4 +542,34 @@ fn a_stop_within_a_budget_cuts_every_flush_to_what_is_left() {
     assert_eq!(unconfirmed, 30);
     // Each destination's own flush_timeout is 5 s.
     assert!(took < Duration::from_secs(3), "the stop took {took:?}");
+}
+
+#[test]
+fn an_install_that_cannot_complete_leaves_everything_running_as_it_was() {
+    let dir = TempDir::new("install-refused");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let (first, replacement, added) = (Arc::default(), Arc::default(), Arc::default());
+    delivery
+        .start(MemoryDestination::boxed("a", &first), FAST)
+        .unwrap();
+    append_and_wait_for_all(&log, &first, 0..10);
+    // The new destination's ledger cannot be made: a folder holds its name.
+    std::fs::create_dir(dir.0.join("b.ledger")).unwrap();
+    let mut change = delivery.change();
+    for (name, seen) in [("a", &replacement), ("b", &added)] {
+        change.start.push(Start {
+            destination: MemoryDestination::boxed(name, seen),
+            rules: Rules::everything(name),
+            settings: FAST,
+        });
+    }
+    let error = delivery.install(change).unwrap_err();
+    assert!(error.to_string().contains("'b'"), "{error}");
+    assert_eq!(delivery.running_names(), ["a"]);
+    // `a` was never stopped: the running feeder, not its replacement, takes what follows.
+    append_and_wait_for_all(&log, &first, 10..20);
+    assert!(delivered(&replacement).is_empty() && delivered(&added).is_empty());
+    assert_eq!(delivered(&first), ids(0..20));
+    delivery.shutdown();
 }
