@@ -5,8 +5,6 @@
 //! without Asterisk. [`OPTIONS`] is the one list of options: the sample file, the XML
 //! documentation and the README table are checked against it by a test.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use crate::cel::{CelKey, EVENT_NAMES};
@@ -14,320 +12,29 @@ use crate::record::KeyField;
 use crate::routing::RecordKinds;
 
 mod destinations;
+mod error;
+mod options;
+mod producer;
+mod settings;
+
 pub use destinations::{
     known_field, DestinationSettings, DestinationType, Output, OutputFormat, Routing,
     COMMON_OPTIONS, CONTROL_FIELDS, DESTINATION_OPTIONS,
 };
+pub use error::ConfigError;
+pub use options::*;
+use producer::{build_producer, is_producer_option, limit_message_timeouts};
+pub use settings::*;
 
 pub const CONFIG_FILE: &str = "cdr_kafka.conf";
 /// res_kafka's file, read for `connection = NAME`.
 pub const KAFKA_CONFIG_FILE: &str = "kafka.conf";
-const GLOBAL: &str = "global";
+pub(crate) const GLOBAL: &str = "global";
 const CEL: &str = "cel";
 /// Options passed to librdkafka unchanged: `rdkafka.<property> = value`.
-const PASSTHROUGH_PREFIX: &str = "rdkafka.";
+pub(crate) const PASSTHROUGH_PREFIX: &str = "rdkafka.";
 /// What the status output and error messages show instead of a secret.
 pub const REDACTED: &str = "********";
-
-/// One `name = value` line as Asterisk's config engine read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub section: String,
-    pub name: String,
-    pub value: String,
-    pub line: i32,
-}
-
-/// An option of a section of cdr_kafka.conf, as documented.
-pub struct OptionDoc {
-    pub name: &'static str,
-    /// The default as written in the docs; empty when there is none.
-    pub default: &'static str,
-    /// The librdkafka property it sets, when it is a producer setting.
-    pub librdkafka: Option<&'static str>,
-    /// Of a destination section's option: the types that take it (`all`, `kafka`,
-    /// `file`, `syslog` or `http`); empty for `[global]` and `[cel]`.
-    pub types: &'static str,
-    pub summary: &'static str,
-}
-
-const fn option(
-    name: &'static str,
-    default: &'static str,
-    librdkafka: Option<&'static str>,
-    summary: &'static str,
-) -> OptionDoc {
-    OptionDoc {
-        name,
-        default,
-        librdkafka,
-        types: "",
-        summary,
-    }
-}
-
-/// librdkafka's `client.id` default is `rdkafka`; ours says who is producing.
-pub const DEFAULT_CLIENT_ID: &str = "asterisk-cdr_kafka";
-pub const DEFAULT_TOPIC: &str = "asterisk_cdr";
-pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5000;
-/// Chosen by measurement (README, Performance): the CPU per CDR and the hangup-to-ack
-/// latency targets both hold.
-pub const DEFAULT_LINGER_MS: u64 = 100;
-/// What res_kafka uses when a connection of kafka.conf names no brokers.
-const RES_KAFKA_DEFAULT_BROKERS: &str = "localhost:9092";
-
-/// Every option of `[global]`, in documentation order.
-pub const OPTIONS: &[OptionDoc] = &[
-    option("connection", "", None, "Name of a `type = connection` section of kafka.conf (res_kafka's file) to take the producer settings from; options set here override it."),
-    option("brokers", "", Some("bootstrap.servers"), "Comma-separated `host:port` list of Kafka brokers. Required unless `connection` names them."),
-    option("topic", DEFAULT_TOPIC, None, "Kafka topic the CDRs are published to. May be a template such as `cdr.${accountcode}` or `cdr.${CDR(tenant)}`: characters a topic cannot hold become `_`; a named value that is empty or absent sends the record to `topic_fallback`."),
-    option("topic_fallback", "", None, "With a template `topic`: the topic of a record whose named value is empty or absent. Empty: asterisk_cdr."),
-    option("key", "", None, "CDR field whose value is the message key: linkedid, uniqueid, channel, dstchannel, accountcode, src, dst, dcontext, tenantid, peertenantid. Empty: no key."),
-    option("loguniqueid", "no", None, "Add the `uniqueid` field to each record."),
-    option("loguserfield", "no", None, "Add the `userfield` field to each record."),
-    option("usegmtime", "no", None, "Write times in UTC (`+0000`) instead of Asterisk's local time zone."),
-    option("records", "cdr,cel", None, "Which records [global]'s Kafka destination takes: comma list of cdr, cel (with `[cel] enabled = yes`) and control (the module's start/stop records)."),
-    option("missed", "include", None, "include, only or exclude missed calls (CDRs never answered: `answer` is null)."),
-    option("filter", "", None, "`NAME OP VALUE`, OP one of = != ~ (regular expression) !~ in (comma list); NAME a record field or `CDR(variable)`. Repeatable: every filter must hold. An absent value compares as empty text."),
-    option("control", "required", None, "required, optional, sufficient or alternative: how this destination's result weighs in a record's final status, as GnuGk's accounting stack defines them (destinations in file order, [global] first)."),
-    option("give_up_after_ms", "0", None, "A record not confirmed within this many milliseconds counts as failed for the control flags (and bounds librdkafka's message_timeout_ms). 0: never; the record waits in the spool."),
-    option("format", "contract", None, "contract (the record as documented, byte for byte), envelope (the record inside metadata: type, version, entity_id, system_name, record_id, emitted_at) or kv (`key=value;` line)."),
-    option("fields", "", None, "Comma list of fields to write, in this order, each optionally renamed (`billsec:duration`). Empty: every field."),
-    option("normalize", "none", None, "none, or snake_case: field names in snake_case (EntityID becomes entity_id)."),
-    option("enabled", "yes", None, "no: [global]'s Kafka destination does not run (its producer still serves the Kafka destinations without brokers of their own)."),
-    option("client_id", DEFAULT_CLIENT_ID, Some("client.id"), "Client id the broker sees."),
-    option("security_protocol", "plaintext", Some("security.protocol"), "plaintext, ssl, sasl_plaintext or sasl_ssl."),
-    option("sasl_mechanisms", "", Some("sasl.mechanisms"), "SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER."),
-    option("sasl_username", "", Some("sasl.username"), "SASL user name."),
-    option("sasl_password", "", Some("sasl.password"), "SASL password. Never logged or shown."),
-    option("ssl_ca_location", "", Some("ssl.ca.location"), "File or folder of CA certificates that sign the brokers' certificates."),
-    option("ssl_certificate_location", "", Some("ssl.certificate.location"), "Client certificate (PEM) for TLS client authentication."),
-    option("ssl_key_location", "", Some("ssl.key.location"), "Private key (PEM) of the client certificate."),
-    option("compression_codec", "none", Some("compression.codec"), "none, gzip, snappy, lz4 or zstd."),
-    option("linger_ms", "100", None, "How long records gather before they are handed to librdkafka together, in milliseconds: fewer, larger batches cost the PBX less CPU; records reach the broker at most about this much later."),
-    option("acks", "all", Some("acks"), "Broker acknowledgements required: all (or -1), 1 or 0."),
-    option("enable_idempotence", "yes", Some("enable.idempotence"), "Idempotent producer: no duplicates or reordering from librdkafka's retries."),
-    option("message_timeout_ms", "0", Some("message.timeout.ms"), "How long librdkafka tries to deliver a record before it is tried again from the spool, in milliseconds; 0: no limit, which keeps records of one key in order."),
-    option("queue_buffering_max_messages", "20000", Some("queue.buffering.max.messages"), "Most records librdkafka holds in memory (about 1.5 KB each); the rest wait in the spool."),
-    option("debug", "", Some("debug"), "librdkafka debug contexts (e.g. broker,topic,msg), logged at debug level."),
-    option("flush_timeout_ms", "5000", None, "How long unload and reload wait for records in flight to be delivered, in milliseconds."),
-    option("spool_dir", "", None, "Folder of the durable spool. Empty: cdr_kafka inside Asterisk's spool folder (astspooldir, usually /var/spool/asterisk/cdr_kafka). A folder that is shared or not Asterisk's own (such as /tmp) is never chmod'ed: the spool goes into its cdr_kafka subfolder. Takes effect at module load."),
-    option("spool_sync", "interval", None, "When spooled records are forced to disk: always (every record, on the CDR thread; survives power loss), interval (every spool_sync_interval_ms) or never (the kernel decides). A crash of Asterisk alone loses nothing with any of them. Takes effect at module load."),
-    option("spool_sync_interval_ms", "1000", None, "With spool_sync = interval: how often, in milliseconds."),
-    option("spool_max_bytes", "0", None, "Most bytes of undelivered records the spool may hold; past it new CDRs are refused (logged, counted as refused). Delivered records do not count. 0: bounded by the disk."),
-    option("rdkafka.<property>", "", None, "Any other librdkafka property, passed unchanged (e.g. `rdkafka.socket.keepalive.enable = true`)."),
-];
-
-pub const DEFAULT_CEL_TOPIC: &str = "asterisk_cel";
-
-/// Every option of `[cel]`, in documentation order.
-pub const CEL_OPTIONS: &[OptionDoc] = &[
-    option("enabled", "no", None, "Publish CEL channel events too (a CEL backend is registered only when yes; reload switches it)."),
-    option("topic", DEFAULT_CEL_TOPIC, None, "Kafka topic the CEL events are published to."),
-    option("key", "linkedid", None, "CEL field whose value is the message key: linkedid, uniqueid, channame, accountcode, peeraccount, cid_num, exten, context, tenantid. Empty: no key. linkedid keeps one call's events in one partition, in order."),
-    option("events", "", None, "Comma-separated CEL event names to publish (e.g. CHAN_START,HANGUP,LINKEDID_END). Empty: every event Asterisk's cel.conf enables."),
-    option("usegmtime", "no", None, "Write eventtime in UTC (`+0000`) instead of Asterisk's local time zone."),
-];
-
-/// Settings of the producer, as librdkafka property names and values.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KafkaSettings {
-    pub properties: BTreeMap<String, String>,
-}
-
-impl KafkaSettings {
-    /// Whether a property holds a secret that is never logged or shown.
-    pub fn is_secret(property: &str) -> bool {
-        property.contains("password")
-            || property.contains("secret")
-            || property.ends_with(".pem")
-            || property == "sasl.oauthbearer.config"
-    }
-
-    pub fn get(&self, property: &str) -> Option<&str> {
-        self.properties.get(property).map(String::as_str)
-    }
-
-    /// The value as it may be shown to an administrator.
-    pub fn shown(&self, property: &str) -> Option<&str> {
-        self.get(property).map(|value| {
-            if Self::is_secret(property) {
-                REDACTED
-            } else {
-                value
-            }
-        })
-    }
-}
-
-/// Everything cdr_kafka.conf says, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    pub topic: String,
-    pub key: Option<KeyField>,
-    pub loguniqueid: bool,
-    pub loguserfield: bool,
-    pub usegmtime: bool,
-    pub flush_timeout: Duration,
-    /// `linger_ms`: the feeders' batching window.
-    pub linger: Duration,
-    pub connection: Option<String>,
-    pub kafka: KafkaSettings,
-    pub spool: SpoolOptions,
-    pub cel: CelSettings,
-    /// `[global]`'s routing options (its Kafka destination is named `global`).
-    pub routing: Routing,
-    /// The other destinations, in file order.
-    pub destinations: Vec<DestinationSettings>,
-    /// CRC-32 of the file's options as read (secrets left out): says in the module's
-    /// start/stop records which configuration ran.
-    pub digest: u32,
-}
-
-/// The `[cel]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CelSettings {
-    pub enabled: bool,
-    pub topic: String,
-    pub key: Option<CelKey>,
-    /// Event names to publish; empty: all that Asterisk sends.
-    pub events: Vec<String>,
-    pub usegmtime: bool,
-}
-
-impl CelSettings {
-    /// Whether events named `name` are published.
-    pub fn wants(&self, name: &str) -> bool {
-        self.events.is_empty() || self.events.iter().any(|event| event == name)
-    }
-}
-
-/// `spool_sync`: when spooled records and confirmations are forced to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncPolicy {
-    Always,
-    Interval,
-    Never,
-}
-
-/// The spool's options; `dir` None: inside Asterisk's spool folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolOptions {
-    pub dir: Option<std::path::PathBuf>,
-    pub sync: SyncPolicy,
-    pub sync_interval: Duration,
-    pub max_bytes: u64,
-}
-
-/// Why a configuration was refused. Each message names the file, section, option and value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigError {
-    /// The file does not exist in Asterisk's config folder.
-    Missing { file: &'static str },
-    /// Asterisk's config engine could not parse the file.
-    Unparsable { file: &'static str },
-    /// A section this module does not know.
-    UnknownSection {
-        file: &'static str,
-        section: String,
-        line: i32,
-    },
-    /// An option this module does not know.
-    UnknownOption {
-        file: &'static str,
-        section: String,
-        name: String,
-        line: i32,
-    },
-    /// A known option with a value it cannot take.
-    BadValue {
-        file: &'static str,
-        section: String,
-        name: String,
-        value: String,
-        line: i32,
-        expected: String,
-    },
-    /// Neither `brokers` nor `connection` says where Kafka is.
-    NoBrokers { file: &'static str, section: String },
-    /// A destination lacks an option its type needs.
-    MissingDestinationOption {
-        section: String,
-        name: &'static str,
-        line: i32,
-    },
-    /// An option another option's value makes necessary is not set.
-    MissingOption {
-        name: &'static str,
-        why: &'static str,
-    },
-    /// `connection = NAME` names no `type = connection` section of kafka.conf.
-    UnknownConnection { name: String },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Missing { file } => write!(
-                f,
-                "{file} is missing: copy cdr_kafka.conf.sample there (make samples) and set brokers"
-            ),
-            Self::Unparsable { file } => write!(
-                f,
-                "{file} could not be parsed by Asterisk's config engine (see the error above)"
-            ),
-            Self::UnknownSection {
-                file,
-                section,
-                line,
-            } => write!(
-                f,
-                "{file} [{section}] (line {line}): unknown section (cdr_kafka.conf has [global], [cel] and destination sections with a type = kafka, file, syslog or http)"
-            ),
-            Self::UnknownOption {
-                file,
-                section,
-                name,
-                line,
-            } => write!(
-                f,
-                "{file} [{section}] {name} (line {line}): unknown option (see 'config show help cdr_kafka')"
-            ),
-            Self::BadValue {
-                file,
-                section,
-                name,
-                value,
-                line,
-                expected,
-            } => write!(
-                f,
-                "{file} [{section}] {name} = '{value}' (line {line}): {expected}"
-            ),
-            Self::NoBrokers { file, section } => write!(
-                f,
-                "{file} [{section}]: neither 'brokers' nor 'connection' is set, so there is no Kafka to publish to"
-            ),
-            Self::MissingDestinationOption {
-                section,
-                name,
-                line,
-            } => write!(
-                f,
-                "{CONFIG_FILE} [{section}] (line {line}): this type of destination needs '{name}'"
-            ),
-            Self::MissingOption { name, why } => {
-                write!(f, "{CONFIG_FILE} [global] {name} is not set: {why}")
-            }
-            Self::UnknownConnection { name } => write!(
-                f,
-                "{CONFIG_FILE} [global] connection = '{name}': {KAFKA_CONFIG_FILE} has no section [{name}] with type = connection"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Asterisk's `ast_true`/`ast_false` words.
 fn parse_bool(value: &str) -> Option<bool> {
@@ -506,83 +213,6 @@ fn digest(entries: &[Entry]) -> u32 {
     hasher.finalize()
 }
 
-/// A producer's librdkafka properties from a section's producer options (and the
-/// kafka.conf connection it names), with the module's defaults.
-fn build_producer(
-    section: &str,
-    producer_entries: &[&Entry],
-    read_kafka_conf: &mut dyn FnMut() -> Result<Vec<Entry>, ConfigError>,
-) -> Result<KafkaSettings, ConfigError> {
-    let mut kafka = KafkaSettings::default();
-    let connection = producer_entries
-        .iter()
-        .rev()
-        .find(|e| e.name == "connection")
-        .map(|e| e.value.trim())
-        .filter(|name| !name.is_empty());
-    if let Some(name) = connection {
-        let kafka_entries = read_kafka_conf()?;
-        let connection_section: Vec<&Entry> =
-            kafka_entries.iter().filter(|e| e.section == name).collect();
-        let is_connection = connection_section
-            .iter()
-            .any(|e| e.name == "type" && e.value.trim() == "connection");
-        if !is_connection {
-            return Err(ConfigError::UnknownConnection {
-                name: name.to_string(),
-            });
-        }
-        // res_kafka's default when a connection names no brokers.
-        kafka
-            .properties
-            .insert("bootstrap.servers".into(), RES_KAFKA_DEFAULT_BROKERS.into());
-        for entry in connection_section.into_iter().filter(|e| e.name != "type") {
-            apply_producer_option(&mut kafka, KAFKA_CONFIG_FILE, entry)?;
-        }
-    }
-    // Options in cdr_kafka.conf override those of the connection.
-    for entry in producer_entries.iter().filter(|e| e.name != "connection") {
-        apply_producer_option(&mut kafka, CONFIG_FILE, entry)?;
-    }
-    let properties = &mut kafka.properties;
-    if properties
-        .get("bootstrap.servers")
-        .is_none_or(|brokers| brokers.trim().is_empty())
-    {
-        return Err(ConfigError::NoBrokers {
-            file: CONFIG_FILE,
-            section: section.to_string(),
-        });
-    }
-    let sasl = properties
-        .get("security.protocol")
-        .is_some_and(|protocol| protocol.starts_with("sasl"));
-    if sasl && !properties.contains_key("sasl.mechanisms") {
-        return Err(ConfigError::MissingOption {
-            name: "sasl_mechanisms",
-            why: "security_protocol is sasl_*: set sasl_mechanisms (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)",
-        });
-    }
-    for (property, default) in [
-        ("client.id", DEFAULT_CLIENT_ID),
-        ("acks", "all"),
-        // The feeder hands records over in batches already (linger_ms): librdkafka needs
-        // only to gather one hand-over into one request.
-        ("linger.ms", "5"),
-        ("enable.idempotence", "true"),
-        // The spool keeps every record until delivered: librdkafka need not give up.
-        ("message.timeout.ms", "0"),
-        // Records wait safely in the spool: librdkafka's copies (about 1.5 KB each) need
-        // not take 150 MB, as its default of 100,000 would.
-        ("queue.buffering.max.messages", "20000"),
-    ] {
-        properties
-            .entry(property.to_string())
-            .or_insert_with(|| default.to_string());
-    }
-    Ok(kafka)
-}
-
 /// A destination's key is read from the record: `uniqueid` is there only with
 /// `loguniqueid = yes`.
 fn refuse_keys_not_in_the_record(
@@ -624,49 +254,6 @@ fn refuse_shared_files(destinations: &[DestinationSettings]) -> Result<(), Confi
         seen.push((&destination.name, value));
     }
     Ok(())
-}
-
-/// A destination that gives up on records after `give_up_after_ms` needs its producer
-/// to report a record it could not deliver by then (librdkafka's `message.timeout.ms`),
-/// or a record in flight would never be given up.
-fn limit_message_timeouts(settings: &mut Settings) {
-    fn limit(kafka: &mut KafkaSettings, give_up: Duration) {
-        let ms = give_up.as_millis().min(2_147_483_647);
-        let current: u128 = kafka
-            .get("message.timeout.ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if current == 0 || current > ms {
-            kafka
-                .properties
-                .insert("message.timeout.ms".into(), ms.to_string());
-        }
-    }
-    let mut shared = settings.routing.give_up_after;
-    for destination in &mut settings.destinations {
-        let Some(give_up) = destination.routing.give_up_after else {
-            continue;
-        };
-        if destination.kind != DestinationType::Kafka {
-            continue;
-        }
-        match &mut destination.kafka {
-            Some(own) => limit(own, give_up),
-            None => shared = Some(shared.map_or(give_up, |s| s.min(give_up))),
-        }
-    }
-    if let Some(give_up) = shared {
-        limit(&mut settings.kafka, give_up);
-    }
-}
-
-/// Whether `name` is a producer option of cdr_kafka.conf (for a Kafka destination).
-fn is_producer_option(name: &str) -> bool {
-    name == "connection"
-        || name.starts_with(PASSTHROUGH_PREFIX)
-        || OPTIONS
-            .iter()
-            .any(|o| o.name == name && o.librdkafka.is_some())
 }
 
 fn bad_value(file: &'static str, entry: &Entry, expected: &str) -> ConfigError {
@@ -808,73 +395,6 @@ fn valid_topic(topic: &str) -> bool {
         && topic
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Sets one producer option (named as in cdr_kafka.conf) as its librdkafka property.
-fn apply_producer_option(
-    kafka: &mut KafkaSettings,
-    file: &'static str,
-    entry: &Entry,
-) -> Result<(), ConfigError> {
-    let value = entry.value.trim();
-    let bad = |expected: &str| bad_value(file, entry, expected);
-    let one_of = |choices: &[&str]| -> Result<String, ConfigError> {
-        let lower = value.to_ascii_lowercase();
-        choices
-            .iter()
-            .find(|choice| choice.to_ascii_lowercase() == lower)
-            .map(|choice| choice.to_string())
-            .ok_or_else(|| bad(&format!("not one of {}", choices.join(", "))))
-    };
-    if let Some(property) = entry.name.strip_prefix(PASSTHROUGH_PREFIX) {
-        if property.is_empty() {
-            return Err(bad("names no librdkafka property after 'rdkafka.'"));
-        }
-        kafka
-            .properties
-            .insert(property.to_string(), value.to_string());
-        return Ok(());
-    }
-    let known = OPTIONS
-        .iter()
-        .find(|o| o.name == entry.name)
-        .and_then(|o| o.librdkafka);
-    let Some(property) = known else {
-        // res_kafka's kafka.conf names more librdkafka properties the same way
-        // (message_max_bytes, retries, ...): map them, librdkafka validates them.
-        if file == KAFKA_CONFIG_FILE && is_option_name(&entry.name) {
-            kafka
-                .properties
-                .insert(entry.name.replace('_', "."), value.to_string());
-            return Ok(());
-        }
-        return Err(ConfigError::UnknownOption {
-            file,
-            section: entry.section.clone(),
-            name: entry.name.clone(),
-            line: entry.line,
-        });
-    };
-    let value = match entry.name.as_str() {
-        "security_protocol" => one_of(&["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])?,
-        "sasl_mechanisms" => one_of(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"])?,
-        "compression_codec" => one_of(&["none", "gzip", "snappy", "lz4", "zstd"])?,
-        "acks" => match value.to_ascii_lowercase().as_str() {
-            "all" | "-1" => "all".to_string(),
-            "0" | "1" => value.to_string(),
-            _ => return Err(bad("not all, -1, 0 or 1")),
-        },
-        "enable_idempotence" => parse_bool(value)
-            .ok_or_else(|| bad("not yes or no"))?
-            .to_string(),
-        "linger_ms" => parse_number(entry, file, 0, 900_000)?.to_string(),
-        "message_timeout_ms" => parse_number(entry, file, 0, 2_147_483_647)?.to_string(),
-        "queue_buffering_max_messages" => parse_number(entry, file, 1, 2_147_483_647)?.to_string(),
-        "brokers" if value.is_empty() => return Err(bad("empty: give host:port[,host:port...]")),
-        _ => value.to_string(),
-    };
-    kafka.properties.insert(property.to_string(), value);
-    Ok(())
 }
 
 #[cfg(test)]

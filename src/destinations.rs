@@ -29,7 +29,10 @@ pub enum BuildError {
     Config(ConfigError),
     /// librdkafka refused the producer settings of this destination.
     Producer { name: String, error: ProducerError },
-    /// The destination could not be opened (a file, a socket, a URL).
+    /// A section's options do not make a destination (its format, its rotation).
+    Section { name: String, problem: String },
+    /// The destination could not be opened (a file, a socket, a URL): the machine's
+    /// words, not the file's.
     Open { name: String, error: String },
 }
 
@@ -41,7 +44,10 @@ impl std::fmt::Display for BuildError {
                 f,
                 "{CONFIG_FILE} [{name}]: librdkafka refused the producer settings: {error}"
             ),
-            Self::Open { name, error } => write!(f, "{CONFIG_FILE} [{name}]: {error}"),
+            Self::Section { name, problem } => write!(f, "{CONFIG_FILE} [{name}]: {problem}"),
+            Self::Open { name, error } => {
+                write!(f, "destination '{name}' cannot open its target: {error}")
+            }
         }
     }
 }
@@ -161,9 +167,9 @@ pub fn build(
             .destinations
             .iter()
             .find(|d| d.name == name)
-            .ok_or_else(|| BuildError::Open {
+            .ok_or_else(|| BuildError::Section {
                 name: name.to_string(),
-                error: "no such destination".into(),
+                problem: "no such destination".into(),
             })?;
         (
             open(settings, section, shared)?,
@@ -184,12 +190,13 @@ pub fn build(
     rules.batch_window = routing.linger;
     rules.stack = stack.and_then(|stack| Some((Arc::clone(stack), stack.index_of(name)?)));
     let identity = (identity.entity_id.as_str(), identity.system_name.as_str());
-    rules.shaper = crate::shaping::shaper(settings, kind, routing, identity).map_err(|error| {
-        BuildError::Open {
-            name: name.to_string(),
-            error,
-        }
-    })?;
+    rules.shaper =
+        crate::shaping::shaper(settings, kind, routing, identity).map_err(|problem| {
+            BuildError::Section {
+                name: name.to_string(),
+                problem,
+            }
+        })?;
     Ok((destination, rules))
 }
 
@@ -339,9 +346,9 @@ fn file(
         let entry = section.option(error.option).or(path_entry);
         match entry {
             Some(entry) => bad_option(entry, &error.problem),
-            None => BuildError::Open {
+            None => BuildError::Section {
                 name: section.name.clone(),
-                error: error.to_string(),
+                problem: error.to_string(),
             },
         }
     })?;

@@ -19,6 +19,7 @@ pub mod record;
 pub mod routing;
 pub mod shape;
 pub mod shaping;
+pub mod spooled;
 mod sys;
 
 use std::ffi::{c_char, c_int, CStr, CString};

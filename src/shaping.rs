@@ -6,10 +6,10 @@ use chrono::{Local, TimeZone};
 
 use crate::config::{DestinationType, OutputFormat, Routing, Settings};
 use crate::delivery::feeder::Shaper;
-use crate::delivery::log::{RecordKind, StoredRecord};
 use crate::record::{format_time, CdrTime};
 use crate::routing::fields::Fields;
 use crate::shape::{Format, Meta, Normalize, Shape};
+use crate::spooled::{RecordKind, StoredRecord};
 
 /// acc_syslog's words before a CDR written as `kv` to syslog.
 const ACC_ANSWERED: &[u8] = b"ACC: call answered: ";

@@ -7,7 +7,7 @@ pub mod fields;
 pub mod filter;
 pub mod template;
 
-use crate::delivery::log::{RecordKind, StoredRecord};
+use crate::spooled::{RecordKind, StoredRecord};
 use fields::{FieldName, Fields};
 use filter::Filter;
 use template::Template;

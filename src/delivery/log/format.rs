@@ -17,57 +17,7 @@ pub const ENTRY_HEADER_LEN: usize = 28;
 /// Larger than any record Asterisk produces; a longer entry is damage.
 pub const MAX_BODY: u32 = 16 * 1024 * 1024;
 
-/// What kind of record an entry holds: destinations take the kinds they name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordKind {
-    Cdr,
-    Cel,
-    /// The module's own `module_start` / `module_stop` records.
-    Control,
-}
-
-impl RecordKind {
-    fn code(self) -> u8 {
-        match self {
-            Self::Cdr => 1,
-            Self::Cel => 2,
-            Self::Control => 3,
-        }
-    }
-
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Self::Cdr),
-            2 => Some(Self::Cel),
-            3 => Some(Self::Control),
-            _ => None,
-        }
-    }
-}
-
-/// A record to append, borrowed from the callback that captured it.
-#[derive(Debug, Clone, Copy)]
-pub struct NewRecord<'a> {
-    pub kind: RecordKind,
-    pub record_id: &'a str,
-    pub topic: &'a str,
-    pub key: Option<&'a [u8]>,
-    pub headers: &'a [(&'a str, &'a [u8])],
-    pub payload: &'a [u8],
-}
-
-/// A record read back from the log, borrowed from the reader's buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRecord<'a> {
-    pub seq: u64,
-    pub captured_ms: u64,
-    pub kind: RecordKind,
-    pub record_id: &'a str,
-    pub topic: &'a str,
-    pub key: Option<&'a [u8]>,
-    pub headers: Vec<(&'a str, &'a [u8])>,
-    pub payload: &'a [u8],
-}
+pub use crate::spooled::{NewRecord, RecordKind, StoredRecord};
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))

@@ -38,7 +38,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use format::{NewRecord, RecordKind, StoredRecord};
+pub use crate::spooled::{NewRecord, RecordKind, StoredRecord};
 use index::Index;
 use io::{Handle, Io};
 pub use ledger::Ledger;
