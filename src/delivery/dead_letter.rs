@@ -51,7 +51,8 @@ struct State {
     damaged: bool,
     /// The last line could not be cut off: the next line starts with a newline.
     unterminated: bool,
-    /// The letters found in the tail at open, by `seq`.
+    /// The letters found in the tail at open and written since, by `seq`, while the log
+    /// keeps their records (`forget_below`).
     written: HashMap<u64, Vec<Written>>,
 }
 
@@ -111,11 +112,24 @@ impl DeadLetters {
             Ok(()) => {
                 *len += text.len() as u64;
                 state.unterminated = false;
+                // A reload that adds a destination reopens no verdict: one letter a record.
+                state.written.entry(record.seq).or_default().push(Written {
+                    record_id: record.record_id.to_string(),
+                    destinations: destination.split(',').map(String::from).collect(),
+                });
             }
             // Cut back now if it can be (a reader then sees whole lines only).
             Err(_) => *damaged = self.io.set_len(file, *len).is_err(),
         }
         written
+    }
+
+    /// Forgets the letters of records below `seq`: the log no longer keeps them.
+    pub fn forget_below(&self, seq: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !state.written.is_empty() {
+            state.written.retain(|&letter_seq, _| letter_seq >= seq);
+        }
     }
 
     /// Opens the file, cuts a partial last line off, syncs, and reads back the letters

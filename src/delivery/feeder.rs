@@ -253,8 +253,22 @@ impl Feeder {
             settings.batch_window = window;
         }
         let cursor = ledger.state().watermark;
+        let mut held = VecDeque::new();
         if let Some((stack, index)) = &rules.stack {
             stack.attach(*index, ledger.watermarks(), rules.tried_since_ms);
+            // What failed here before a stop stays failed: the verdict is not decided
+            // anew, and the record is not tried again here.
+            for seq in ledger.state().failed.iter() {
+                stack.post(
+                    *index,
+                    seq,
+                    Status::Failed,
+                    Some(FAILED_EARLIER.to_string()),
+                );
+                if !ledger.is_acked(seq) {
+                    held.push_back(seq);
+                }
+            }
         }
         stats.watermark.store(cursor, Ordering::Relaxed);
         Self {
@@ -276,7 +290,7 @@ impl Feeder {
             rules,
             last_rebuild: None,
             broke_log: RateLimit::new(10),
-            held: VecDeque::new(),
+            held,
             waiting_on_stack: false,
             retrying: false,
             captured: std::collections::HashMap::new(),
@@ -349,6 +363,10 @@ impl Feeder {
         let unwritten = self.ledger.has_unwritten();
         self.write_ledger();
         self.log.maintain();
+        // Failures and letters are remembered while the log keeps their records.
+        let first = self.log.first_kept();
+        self.ledger.forget_failed_below(first);
+        self.dead_letters.forget_below(first);
         let in_flight = self.destination.in_flight();
         if let Some((stack, _)) = &self.rules.stack {
             stack.forget_confirmed();
@@ -428,7 +446,8 @@ impl Feeder {
             match outcome {
                 // A second copy's report (offered again after a rebuild) of a record
                 // whose fate is settled: nothing more to do.
-                Outcome::Retry | Outcome::Refused(_) if self.ledger.is_acked(seq) => {}
+                Outcome::Retry | Outcome::Refused(_)
+                    if self.ledger.is_acked(seq) || self.ledger.is_failed(seq) => {}
                 Outcome::Delivered => {
                     if self.ledger.ack(seq) {
                         DestinationStats::add(&self.stats.delivered, 1);
@@ -516,6 +535,7 @@ impl Feeder {
             self.stats
                 .set_last_error(format!("record failed: {reason}"));
             self.post(seq, Status::Failed, Some(reason));
+            self.ledger.mark_failed(seq);
             self.held.push_back(seq);
         } else {
             self.refusals.push_back((seq, reason));
@@ -706,7 +726,7 @@ impl Feeder {
                 self.ledger.ack(self.cursor);
                 self.cursor += 1;
             }
-            if self.ledger.is_acked(seq) {
+            if self.ledger.is_acked(seq) || self.ledger.is_failed(seq) {
                 self.cursor = self.cursor.max(seq + 1);
                 continue;
             }
@@ -822,6 +842,10 @@ impl Feeder {
         }
     }
 }
+
+/// The reason a failure kept in the ledger from an earlier run gives (the words were
+/// not kept).
+const FAILED_EARLIER: &str = "failed before the module was stopped";
 
 fn give_up_reason(limit: Duration) -> String {
     format!(

@@ -5,7 +5,9 @@
 //! File `NAME.ledger`: frames `magic u32 | kind u8 | count u32 | crc32 u32 | body`, the
 //! checksum over kind, count and body. Kind 1, a snapshot: watermark u64, then `count`
 //! ranges (start u64, length u32) confirmed above it. Kind 2: `count` newly confirmed
-//! ranges. A damaged frame is skipped (its acknowledgements are lost, so those records
+//! ranges. Kind 3: `count` ranges this destination failed (with coupled destinations the
+//! verdict needs every failure, also across a stop: a failure is not decided anew by the
+//! next run); a snapshot is followed by one when any are kept. A damaged frame is skipped (its acknowledgements are lost, so those records
 //! are delivered again, never dropped). Past `COMPACT_BYTES`, or when a frame cannot be
 //! appended (a full disk), the file is rewritten as one snapshot through its spare
 //! (`compaction`), which needs no room on the disk.
@@ -19,11 +21,13 @@ use std::sync::Arc;
 
 use super::compaction::Spare;
 use super::io::Io;
+use super::ranges::SeqRanges;
 
 const MAGIC: u32 = 0xCD4B_4C47;
 const FRAME_HEADER_LEN: usize = 13;
 const SNAPSHOT: u8 = 1;
 const ACKS: u8 = 2;
+const FAILED: u8 = 3;
 const RANGE_LEN: usize = 12;
 const COMPACT_BYTES: u64 = 256 * 1024;
 
@@ -34,6 +38,8 @@ pub struct AckState {
     pub watermark: u64,
     /// Confirmed above the watermark (records confirmed out of order).
     pub above: BTreeSet<u64>,
+    /// Failed here (confirmed or still waiting for the verdict), while the log keeps them.
+    pub failed: SeqRanges,
 }
 
 impl AckState {
@@ -62,6 +68,7 @@ impl AckState {
         if seq > self.watermark {
             self.watermark = seq;
             self.above = self.above.split_off(&seq);
+            self.failed.remove_below(seq);
             while self.above.remove(&self.watermark) {
                 self.watermark += 1;
             }
@@ -108,6 +115,18 @@ fn encode_snapshot(state: &AckState) -> Vec<u8> {
     put_ranges(&above, &mut body);
     let mut out = Vec::new();
     frame(SNAPSHOT, above.len(), &body, &mut out);
+    if !state.failed.is_empty() {
+        out.extend(encode_ranges(FAILED, state.failed.iter()));
+    }
+    out
+}
+
+fn encode_ranges(kind: u8, seqs: impl IntoIterator<Item = u64>) -> Vec<u8> {
+    let ranges = ranges(seqs);
+    let mut body = Vec::with_capacity(ranges.len() * RANGE_LEN);
+    put_ranges(&ranges, &mut body);
+    let mut out = Vec::new();
+    frame(kind, ranges.len(), &body, &mut out);
     out
 }
 
@@ -166,7 +185,7 @@ fn read_frame(bytes: &[u8]) -> Option<(usize, u8, &[u8])> {
     let count = u32::from_le_bytes(bytes[5..9].try_into().ok()?) as usize;
     let body_len = match kind {
         SNAPSHOT => 8usize.checked_add(count.checked_mul(RANGE_LEN)?)?,
-        ACKS => count.checked_mul(RANGE_LEN)?,
+        ACKS | FAILED => count.checked_mul(RANGE_LEN)?,
         _ => return None,
     };
     let end = FRAME_HEADER_LEN.checked_add(body_len)?;
@@ -196,7 +215,11 @@ fn apply(state: &mut AckState, kind: u8, body: &[u8]) {
         let len = u32::from_le_bytes(range[8..].try_into().expect("4 bytes"));
         // A range only names records that existed: bounded by what was appended.
         for seq in start..start.saturating_add(u64::from(len)) {
-            state.ack(seq);
+            if kind == FAILED {
+                state.failed.insert(seq);
+            } else {
+                state.ack(seq);
+            }
         }
     }
 }
@@ -223,6 +246,7 @@ pub struct Ledger {
     file_bytes: u64,
     state: AckState,
     unwritten: Vec<u64>,
+    unwritten_failed: Vec<u64>,
     /// The last write has not been synced yet (interval policy).
     unsynced: bool,
     /// The state changed in a way only a snapshot records (raised watermark).
@@ -274,6 +298,7 @@ impl Ledger {
             file_bytes,
             state,
             unwritten: Vec::new(),
+            unwritten_failed: Vec::new(),
             unsynced: false,
             needs_snapshot: false,
             published,
@@ -316,6 +341,23 @@ impl Ledger {
         fresh
     }
 
+    /// Records that this destination failed `seq` (the verdict may still be pending);
+    /// `write` puts it on disk.
+    pub fn mark_failed(&mut self, seq: u64) {
+        if self.state.failed.insert(seq) {
+            self.unwritten_failed.push(seq);
+        }
+    }
+
+    pub fn is_failed(&self, seq: u64) -> bool {
+        self.state.failed.contains(seq)
+    }
+
+    /// Forgets the failures below `seq`: the log no longer keeps those records.
+    pub fn forget_failed_below(&mut self, seq: u64) {
+        self.state.failed.remove_below(seq);
+    }
+
     /// Nothing below `seq` exists any more in the log.
     pub fn raise_to(&mut self, seq: u64) {
         if seq > self.state.watermark {
@@ -329,7 +371,7 @@ impl Ledger {
 
     /// Confirmations not yet written.
     pub fn has_unwritten(&self) -> bool {
-        !self.unwritten.is_empty() || self.needs_snapshot
+        !self.unwritten.is_empty() || !self.unwritten_failed.is_empty() || self.needs_snapshot
     }
 
     /// Writes the confirmations gathered since the last call as one frame (synced with
@@ -343,13 +385,22 @@ impl Ledger {
         if self.needs_snapshot || self.file_bytes >= COMPACT_BYTES {
             self.compact()?;
         } else {
-            let frame = encode_acks(&self.unwritten);
+            let mut frame = Vec::new();
+            if !self.unwritten_failed.is_empty() {
+                let mut failed = self.unwritten_failed.clone();
+                failed.sort_unstable();
+                frame.extend(encode_ranges(FAILED, failed));
+            }
+            if !self.unwritten.is_empty() {
+                frame.extend(encode_acks(&self.unwritten));
+            }
             if let Err(error) = self.append(&frame) {
                 // No room for the frame (a full disk): the snapshot needs none.
                 self.compact().map_err(|_| error)?;
             }
         }
         self.unwritten.clear();
+        self.unwritten_failed.clear();
         if !self.unsynced {
             self.publish();
         }
@@ -414,6 +465,7 @@ impl Ledger {
         self.spare.rewrite(&self.io, &self.dir, &snapshot)?;
         self.file_bytes = snapshot.len() as u64;
         self.unwritten.clear();
+        self.unwritten_failed.clear();
         self.needs_snapshot = false;
         self.unsynced = false;
         self.publish();
@@ -442,6 +494,7 @@ mod tests {
         let mut data = encode_snapshot(&AckState {
             watermark: 10,
             above: [12].into(),
+            failed: SeqRanges::default(),
         });
         data.extend(encode_acks(&[10, 11]));
         let second = data.len();
@@ -455,5 +508,37 @@ mod tests {
         assert_eq!(damaged.damaged, 1);
         assert_eq!(damaged.state.watermark, 14);
         assert!(!damaged.state.is_acked(20));
+    }
+
+    #[test]
+    fn failures_survive_a_reopen_and_a_compaction_until_the_log_drops_them() {
+        let dir =
+            std::env::temp_dir().join(format!("cdr_kafka-ledger-failed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let io = Io::default();
+        let (mut ledger, _) = Ledger::open(io.clone(), &dir, "d", 0, false).unwrap();
+        for seq in 0..3 {
+            ledger.ack(seq);
+        }
+        ledger.mark_failed(3);
+        ledger.mark_failed(4);
+        ledger.ack(4);
+        ledger.write().unwrap();
+        drop(ledger);
+        let (mut ledger, _) = Ledger::open(io.clone(), &dir, "d", 0, false).unwrap();
+        assert!(ledger.is_failed(3) && !ledger.is_acked(3));
+        assert!(ledger.is_failed(4) && ledger.is_acked(4));
+        assert!(!ledger.is_failed(2));
+        // A snapshot keeps them.
+        ledger.raise_to(1);
+        ledger.write().unwrap();
+        drop(ledger);
+        let (mut ledger, _) = Ledger::open(io.clone(), &dir, "d", 0, false).unwrap();
+        assert_eq!(ledger.state().failed.iter().collect::<Vec<_>>(), [3, 4]);
+        // The log deleted record 3: its failure goes with it.
+        ledger.raise_to(4);
+        assert_eq!(ledger.state().failed.iter().collect::<Vec<_>>(), [4]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

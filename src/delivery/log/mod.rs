@@ -27,6 +27,7 @@ mod index;
 pub mod io;
 pub mod ledger;
 pub mod legacy;
+pub mod ranges;
 mod reader;
 mod recovery;
 mod writer;
@@ -357,23 +358,27 @@ impl Log {
     }
 
     /// Registers a destination: its ledger, whose published watermark keeps what it has
-    /// not confirmed in the log. A new destination starts at the oldest record the log
-    /// holds, so a crash before its ledger reached the disk skips nothing.
+    /// not confirmed in the log. A new destination starts at the oldest record some
+    /// registered destination has not confirmed (the oldest the log holds when none is
+    /// registered): what every other destination settled is not reopened for it. Its
+    /// ledger's first snapshot is synced at once, so a crash after this skips nothing.
     pub fn register(&self, name: &str) -> Result<Ledger, LogError> {
-        let first = {
+        let first = self.first_kept();
+        let unsettled = {
             let state = lock(&self.state);
-            let first = state
-                .segments
-                .values()
-                .find_map(|s| s.index.first_seq())
-                .unwrap_or(state.next_seq);
-            first
+            state
+                .destinations
+                .iter()
+                .filter(|(other, _)| other != name)
+                .map(|(_, watermarks)| watermarks.confirmed.load(Ordering::Acquire))
+                .min()
         };
+        let start = unsettled.map_or(first, |oldest| oldest.max(first));
         let (mut ledger, _damaged) = Ledger::open(
             self.io.clone(),
             &self.dir,
             name,
-            first,
+            start,
             self.settings.sync == SyncPolicy::Always,
         )
         .map_err(|error| LogError::Io {
@@ -391,6 +396,16 @@ impl Log {
     }
 
     /// Stops keeping records for a destination that no longer exists.
+    /// The first record the log still keeps (the next one's number when it is empty).
+    pub fn first_kept(&self) -> u64 {
+        let state = lock(&self.state);
+        state
+            .segments
+            .values()
+            .find_map(|s| s.index.first_seq())
+            .unwrap_or(state.next_seq)
+    }
+
     pub fn unregister(&self, name: &str) {
         lock(&self.state)
             .destinations
