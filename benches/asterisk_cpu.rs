@@ -15,6 +15,11 @@
 //! console does not. Two patterns, each its own table:
 //! (a) as fast as Asterisk takes the originates, one after the other, and (b) paced at
 //! 100 calls/s (200 CDRs/s), the rate a busy PBX sees; 2,000 calls per round in both.
+//! Two more place the calls from the dialplan itself, as operators' load generators do:
+//! (c) one call whose `While` loop runs `Originate(Local/flood@…,app,Hangup)` back to
+//! back (Answer + Hangup calls, 2 CDRs each), and (d) the same loop waiting 10 ms between
+//! calls. There the calls' setup runs on the loop call's thread, which lives the whole
+//! round and is counted, so the per-thread tables of (a) and (c) show where they differ.
 //! Each round prints the rate it had: calls/s placed (originates Asterisk accepted; it sets
 //! each call up on a thread of its own, so in (a) this runs ahead of the calls) and CDRs/s
 //! (the round's CDRs over the time from the first originate to the last hangup, one
@@ -100,7 +105,27 @@ enum Pattern {
     AsFastAsOriginate,
     /// One call every 1/N s.
     Paced(u64),
+    /// Calls the dialplan places itself, one after the other (`Originate` of Answer +
+    /// Hangup calls in a `While` loop), with this pause between them (0: none).
+    Dialplan(u64),
 }
+
+/// The dialplan's own call generator: the `loop` call runs `CALLS` Answer+Hangup calls,
+/// `PAUSE` seconds apart; each posts 2 CDRs, the loop call itself 2 more.
+const LOOP_DIALPLAN: &str = "
+[cdrk-bench-loop]
+exten => loop,1,Set(I=0)
+ same => n,While($[${I} < ${CALLS}])
+ same => n,Originate(Local/flood@cdrk-bench-loop,app,Hangup)
+ same => n,ExecIf($[${PAUSE} > 0]?Wait(${PAUSE}))
+ same => n,Set(I=$[${I} + 1])
+ same => n,EndWhile()
+ same => n,Hangup()
+exten => flood,1,Answer()
+ same => n,Hangup()
+";
+/// The CDRs of the loop call itself.
+const LOOP_CALL_CDRS: usize = 2;
 
 impl Pattern {
     fn describe(self) -> String {
@@ -112,6 +137,30 @@ impl Pattern {
                 "(b) paced at {per_s} calls/s ({} CDRs/s)",
                 per_s * CDRS_PER_CALL as u64
             ),
+            Pattern::Dialplan(0) => "(c) placed by the dialplan itself, back to back \
+                 (Originate of Answer+Hangup calls in a While loop)"
+                .into(),
+            Pattern::Dialplan(per_s) => format!(
+                "(d) placed by the dialplan itself at about {per_s} calls/s (the loop waits \
+                 1/{per_s} s between calls)"
+            ),
+        }
+    }
+
+    /// The CDRs a round of `calls` calls posts.
+    fn cdrs(self, calls: usize) -> usize {
+        calls * CDRS_PER_CALL
+            + match self {
+                Pattern::Dialplan(_) => LOOP_CALL_CDRS,
+                _ => 0,
+            }
+    }
+
+    /// How long each call lasts once answered.
+    fn call_ms(self) -> u64 {
+        match self {
+            Pattern::Dialplan(_) => 0,
+            _ => CALL_MS,
         }
     }
 }
@@ -234,9 +283,33 @@ fn set_mode(asterisk: &Asterisk<'_>, mode: Mode) {
     );
 }
 
-/// Places `calls` calls in `pattern`; returns the seconds it took to place them.
+/// Places `calls` calls in `pattern`; returns the seconds it took to place them (the
+/// dialplan's loop: to start it).
 fn place_calls(manager: &mut Manager, pattern: Pattern, calls: usize) -> f64 {
     let started = Instant::now();
+    if let Pattern::Dialplan(per_s) = pattern {
+        let pause = if per_s == 0 {
+            "0".to_string()
+        } else {
+            format!("{:.4}", 1.0 / per_s as f64)
+        };
+        let response = manager.action(
+            "Originate",
+            &[
+                ("Channel", "Local/loop@cdrk-bench-loop"),
+                ("Application", "Wait"),
+                ("Data", "3600"),
+                ("Async", "true"),
+                ("Variable", &format!("__CALLS={calls}")),
+                ("Variable", &format!("__PAUSE={pause}")),
+            ],
+        );
+        assert!(
+            response.iter().any(|line| line == "Response: Success"),
+            "originate refused: {response:?}"
+        );
+        return started.elapsed().as_secs_f64();
+    }
     for i in 0..calls {
         if let Pattern::Paced(per_s) = pattern {
             let due = started + Duration::from_secs_f64(i as f64 / per_s as f64);
@@ -249,9 +322,21 @@ fn place_calls(manager: &mut Manager, pattern: Pattern, calls: usize) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// Asterisk's count of calls it has processed (`core show channels count`).
+fn calls_processed(manager: &mut Manager) -> u64 {
+    manager
+        .command("core show channels count")
+        .lines()
+        .find(|line| line.contains("calls processed"))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// One round measured: one mode, one pattern.
 struct Round {
     mode: Mode,
+    pattern: Pattern,
     ticks_us: f64,
     run_us: f64,
     module_us: f64,
@@ -273,8 +358,8 @@ impl Round {
     /// CDRs over the time the calls were being set up and torn down (the last call's own
     /// length taken off).
     fn cdrs_per_s(&self, calls: usize) -> f64 {
-        let busy = self.to_last_hangup_s - CALL_MS as f64 / 1000.0;
-        (calls * CDRS_PER_CALL) as f64 / busy.max(0.001)
+        let busy = self.to_last_hangup_s - self.pattern.call_ms() as f64 / 1000.0;
+        self.pattern.cdrs(calls) as f64 / busy.max(0.001)
     }
 }
 
@@ -304,12 +389,21 @@ impl Bench<'_, '_> {
     fn round(&mut self, mode: Mode, pattern: Pattern) -> Round {
         self.switch(mode);
         let pid = self.asterisk.pid();
-        let cdrs = self.calls * CDRS_PER_CALL;
+        let cdrs = pattern.cdrs(self.calls);
         wait_until_idle(pid);
         let before = snapshot(pid);
         let started = Instant::now();
+        let processed = calls_processed(&mut self.manager);
         let placing_s = place_calls(&mut self.manager, pattern, self.calls);
         let bound = Duration::from_secs(60 + self.calls as u64 / 100);
+        if let Pattern::Dialplan(_) = pattern {
+            // The loop call and each call it placed are counted once they have run.
+            let want = processed + self.calls as u64 + 1;
+            let deadline = Instant::now() + bound;
+            while calls_processed(&mut self.manager) < want && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         self.manager.wait_for_no_channels(bound);
         let to_last_hangup_s = started.elapsed().as_secs_f64();
         wait_until_idle(pid);
@@ -322,6 +416,7 @@ impl Bench<'_, '_> {
         let per = |ns: u64| ns as f64 / 1000.0 / cdrs as f64;
         Round {
             mode,
+            pattern,
             ticks_us: per(u.ticks_ns),
             run_us: per(u.run_ns),
             module_us: per(u.module_run_ns),
@@ -421,10 +516,11 @@ fn median_added(rounds: &[Round], field: impl Fn(&Round) -> f64) -> f64 {
 fn run_pattern(bench: &mut Bench<'_, '_>, pattern: Pattern, rounds: usize) -> Vec<Round> {
     let calls = bench.calls;
     println!(
-        "### {}: {} calls of {CALL_MS} ms per round, {} CDRs",
+        "### {}: {} calls of {} ms per round, {} CDRs",
         pattern.describe(),
         common::thousands(calls as u64),
-        common::thousands((calls * CDRS_PER_CALL) as u64)
+        pattern.call_ms(),
+        common::thousands(pattern.cdrs(calls) as u64)
     );
     println!();
     println!(
@@ -651,7 +747,10 @@ fn main() {
         destinations = 3;
     }
     let conf = cdr_kafka_conf(&tansu.brokers(), TOPIC, &extra);
-    let asterisk = Asterisk::start(&root, &conf, "UTC");
+    // The dialplan's call generator needs Originate() and ExecIf().
+    let more_modules = "load => app_originate.so\nload => app_exec.so\n";
+    let asterisk = Asterisk::start_with_modules(&root, &conf, "UTC", more_modules);
+    asterisk.add_dialplan(LOOP_DIALPLAN);
     let version = asterisk.rx("core show version");
     let mut bench = Bench {
         asterisk: &asterisk,
@@ -683,6 +782,8 @@ fn main() {
     for pattern in [
         Pattern::AsFastAsOriginate,
         Pattern::Paced(PACED_CALLS_PER_S),
+        Pattern::Dialplan(0),
+        Pattern::Dialplan(PACED_CALLS_PER_S),
     ] {
         let done = run_pattern(&mut bench, pattern, rounds);
         summarize(pattern, &done, calls);

@@ -530,6 +530,9 @@ struct Epoch {
     config: Vec<Dest>,
     /// (name, record) confirmed in the ledgers when the epoch began.
     confirmed: BTreeSet<(usize, u64)>,
+    /// (name, record) a ledger kept failed when the epoch began (refused or given up
+    /// before): the walk counts it failed there.
+    failed: BTreeSet<(usize, u64)>,
     end: End,
     /// After a reload: (name, record) confirmed when it ended.
     confirmed_at_end: BTreeSet<(usize, u64)>,
@@ -622,16 +625,21 @@ impl Case {
     fn begin_epoch(&mut self, ledgers: Vec<Ledger>) {
         let epoch = self.epochs.len();
         let mut confirmed = BTreeSet::new();
+        let mut failed = BTreeSet::new();
         for (dest, ledger) in self.config.iter().zip(&ledgers) {
             for record in &self.records {
                 if record.seq.is_some_and(|seq| ledger.is_acked(seq)) {
                     confirmed.insert((dest.name, record.n));
+                }
+                if record.seq.is_some_and(|seq| ledger.is_failed(seq)) {
+                    failed.insert((dest.name, record.n));
                 }
             }
         }
         self.epochs.push(Epoch {
             config: self.config.clone(),
             confirmed,
+            failed,
             end: End::Running,
             confirmed_at_end: BTreeSet::new(),
             dead: Vec::new(),
@@ -778,6 +786,10 @@ impl Case {
             Step::Disable(d) => self.disable(d % len)?,
             Step::Enable(d) => {
                 let pos = d % len;
+                self.keep_failures_of_disabled();
+                if !self.survive()? {
+                    return Ok(());
+                }
                 let slot = std::mem::replace(&mut self.process().slots[pos], Slot::Gone);
                 let slot = match slot {
                     Slot::Parked(ledger) => self.start(pos, *ledger),
@@ -952,7 +964,21 @@ impl Case {
                 return Ok(false);
             }
         }
-        Ok(true)
+        self.keep_failures_of_disabled();
+        self.survive()
+    }
+
+    /// What `Delivery` does before a stack is dropped or a destination enabled: the
+    /// failures the walk decided for disabled destinations go into their ledgers.
+    fn keep_failures_of_disabled(&mut self) {
+        let process = self.process.as_mut().expect("a process runs");
+        if let Some(stack) = &process.stack {
+            for slot in &mut process.slots {
+                if let Slot::Parked(ledger) = slot {
+                    stack.keep_failures_of_disabled(ledger);
+                }
+            }
+        }
     }
 
     /// A reload that changes one destination: every feeder stops (bounded flush), a
@@ -1187,7 +1213,7 @@ impl Case {
             confirmed: self.epochs[epoch].confirmed.contains(&(dest.name, n)),
             delivered: world.delivered_in(epoch, n),
             refused: world.refusals.contains(&(epoch, n)),
-            refused_before: (0..epoch).any(|e| world.refusals.contains(&(e, n))),
+            refused_before: self.epochs[epoch].failed.contains(&(dest.name, n)),
         }
     }
 
@@ -1263,6 +1289,8 @@ impl Case {
                 .map_err(|e| format!("{id}: {e}\n{}", history()))?;
             self.check_truth(record)
                 .map_err(|e| format!("{id}: {e}\n{}", history()))?;
+            self.check_kept_failures(record)
+                .map_err(|e| format!("{id}: {e}\n{}", history()))?;
         }
         Ok(())
     }
@@ -1291,6 +1319,32 @@ impl Case {
             );
         }
         text
+    }
+
+    /// A failure a ledger kept at an epoch's start happened: the destination refused the
+    /// record in an earlier epoch, or could give it up then (a limit, or disabled).
+    fn check_kept_failures(&self, record: &Rec) -> Result<(), String> {
+        for (e, epoch) in self.epochs.iter().enumerate() {
+            for &(name, n) in &epoch.failed {
+                if n != record.n {
+                    continue;
+                }
+                let world = lock(&self.worlds[name]);
+                let justified = (record.epoch..e).any(|earlier| {
+                    world.refusals.contains(&(earlier, n))
+                        || self.epochs[earlier]
+                            .config
+                            .iter()
+                            .any(|d| d.name == name && d.give_up_ms.is_some())
+                });
+                ensure!(
+                    justified,
+                    "{} kept a failure at the start of epoch {e} it never had",
+                    NAMES[name]
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The verdict of the epoch that decided it, and the dead letters of every epoch.
@@ -1468,8 +1522,8 @@ struct Did {
     confirmed: bool,
     delivered: bool,
     refused: bool,
-    /// Refused in an earlier epoch: the ledger keeps the failure, so a later epoch's
-    /// walk counts it failed there without the record being offered again.
+    /// Failed there in an earlier epoch (refused or given up), as its ledger kept it when
+    /// this epoch began: the walk counts it failed without the record offered again.
     refused_before: bool,
 }
 
@@ -1520,6 +1574,9 @@ fn walk(config: &[Dest], record: &Rec, what: impl Fn(&Dest) -> Did) -> Result<Wa
             } else {
                 Status::Passed
             }
+        } else if !taken && !ended && did.refused_before && !did.delivered && !did.refused {
+            // A failure kept in the ledger stands when a reload changed the rules.
+            Status::Failed
         } else if !taken {
             ensure!(
                 !did.delivered && !did.refused,

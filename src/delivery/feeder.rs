@@ -254,20 +254,29 @@ impl Feeder {
         }
         let cursor = ledger.state().watermark;
         let mut held = VecDeque::new();
+        let mut refusals = VecDeque::new();
         if let Some((stack, index)) = &rules.stack {
             stack.attach(*index, ledger.watermarks(), rules.tried_since_ms);
-            // What failed here before a stop stays failed: the verdict is not decided
-            // anew, and the record is not tried again here.
-            for seq in ledger.state().failed.iter() {
-                stack.post(
-                    *index,
-                    seq,
-                    Status::Failed,
-                    Some(FAILED_EARLIER.to_string()),
-                );
-                if !ledger.is_acked(seq) {
-                    held.push_back(seq);
+        }
+        // What failed here before a stop stays failed: the verdict is not decided anew,
+        // and the record is not tried again here. Alone now, it is dead-lettered.
+        for seq in ledger.state().failed.iter() {
+            match &rules.stack {
+                Some((stack, index)) => {
+                    stack.post(
+                        *index,
+                        seq,
+                        Status::Failed,
+                        Some(FAILED_EARLIER.to_string()),
+                    );
+                    if !ledger.is_acked(seq) {
+                        held.push_back(seq);
+                    }
                 }
+                None if !ledger.is_acked(seq) => {
+                    refusals.push_back((seq, FAILED_EARLIER.to_string()));
+                }
+                None => {}
             }
         }
         stats.watermark.store(cursor, Ordering::Relaxed);
@@ -280,7 +289,7 @@ impl Feeder {
             settings,
             cursor,
             retries: VecDeque::new(),
-            refusals: VecDeque::new(),
+            refusals,
             outcomes: Vec::new(),
             batch: ReadBatch::default(),
             last_sync: Instant::now(),

@@ -212,6 +212,7 @@ impl Delivery {
             .chain(change.forget.iter().cloned())
             .collect();
         let unconfirmed = self.stop_together(&stopping, None);
+        self.keep_failures_of_disabled();
         for name in &change.forget {
             self.parked.retain(|ledger| ledger.name() != name);
             self.stats.retain(|(other, _)| other != name);
@@ -341,6 +342,16 @@ impl Delivery {
         self.install(change).ok()
     }
 
+    /// The failures the walk decided for disabled destinations go into their ledgers
+    /// before the stack that knows them is replaced or the module stops.
+    fn keep_failures_of_disabled(&mut self) {
+        if let Some(stack) = &self.stack {
+            for ledger in &mut self.parked {
+                stack.keep_failures_of_disabled(ledger);
+            }
+        }
+    }
+
     /// A stopped destination's place in the stack: it confirms nothing more, and what it
     /// confirmed out of order still counts.
     fn detach(&self, name: &str) {
@@ -405,6 +416,7 @@ impl Delivery {
     pub fn shutdown_within(&mut self, budget: Option<Duration>) -> u64 {
         let names = self.running_names();
         let unconfirmed = self.stop_together(&names, budget);
+        self.keep_failures_of_disabled();
         self.log.sync_now();
         unconfirmed
     }

@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::log::{now_ms, StoredRecord, Watermarks};
+use super::log::ranges::SeqRanges;
+use super::log::{now_ms, Ledger, StoredRecord, Watermarks};
 use crate::routing::control::{final_success, reached, ControlFlag, Status};
 use crate::routing::fields::Fields;
 use crate::routing::{Decision, Route};
@@ -69,6 +70,9 @@ pub struct Member {
     running: AtomicBool,
     /// Records it confirmed above its watermark when it was disabled.
     confirmed_above: Mutex<BTreeSet<u64>>,
+    /// Records the walk failed for it while it was disabled (its give-up passed), not
+    /// yet in its ledger: `keep_failures_of_disabled` puts them there.
+    failed_while_disabled: Mutex<SeqRanges>,
 }
 
 impl Member {
@@ -80,6 +84,7 @@ impl Member {
             confirmed: Mutex::new(None),
             running: AtomicBool::new(true),
             confirmed_above: Mutex::new(BTreeSet::new()),
+            failed_while_disabled: Mutex::new(SeqRanges::default()),
         }
     }
 
@@ -329,6 +334,9 @@ impl Stack {
         for index in 0..upto {
             let mut reason = None;
             let status = match decode(board.cell(record.seq, index)) {
+                // A failure kept from an earlier configuration, where the walk now ends
+                // before this destination: not reached, so not counted.
+                Some(Status::Failed) if !reached(&self.flags[..index], &statuses) => Status::Passed,
                 Some(status) => status,
                 // Confirmed before the verdict: delivered if it was taken (a failure is
                 // confirmed only after the verdict, which needs every status).
@@ -376,8 +384,23 @@ impl Stack {
             return Some(true);
         }
         let board = self.board();
-        let (statuses, _) = self.statuses(&board, index, record)?;
+        let (statuses, unposted) = self.statuses(&board, index, record)?;
+        self.remember_failures_of_disabled(record.seq, &unposted);
         Some(reached(&self.flags[..index], &statuses))
+    }
+
+    /// A failure the walk decided for a disabled destination is that destination's from
+    /// now on: kept in its ledger, the record is not tried there again after a restart.
+    fn remember_failures_of_disabled(&self, seq: u64, unposted: &[Option<String>]) {
+        for (index, reason) in unposted.iter().enumerate() {
+            if reason.is_some() {
+                self.members[index]
+                    .failed_while_disabled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(seq);
+            }
+        }
     }
 
     /// Records what member `index` did with record `seq`.
@@ -407,6 +430,7 @@ impl Stack {
         let Some((statuses, unposted)) = self.statuses(&board, self.members.len(), record) else {
             return Verdict::Pending;
         };
+        self.remember_failures_of_disabled(record.seq, &unposted);
         if final_success(&self.flags, &statuses) {
             return Verdict::Success;
         }
@@ -428,6 +452,31 @@ impl Stack {
                 Verdict::FailureWrite(reasons)
             }
         }
+    }
+
+    /// Writes into a stopped destination's ledger the failures the walk decided for it
+    /// while it was disabled (before a stop, a reload or its enable).
+    pub fn keep_failures_of_disabled(&self, ledger: &mut Ledger) {
+        let Some(index) = self.index_of(ledger.name()) else {
+            return;
+        };
+        let failed = std::mem::take(
+            &mut *self.members[index]
+                .failed_while_disabled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if failed.is_empty() {
+            return;
+        }
+        for seq in failed.iter() {
+            if !ledger.is_acked(seq) {
+                ledger.mark_failed(seq);
+            }
+        }
+        // A write that fails keeps them for the next one; a crash before it loses them,
+        // and the records are offered there again.
+        let _ = ledger.write();
     }
 
     /// A dead letter claimed by `FailureWrite` could not be written: another try later.
