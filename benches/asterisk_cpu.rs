@@ -352,7 +352,11 @@ struct Round {
 
 impl Round {
     fn calls_per_s(&self, calls: usize) -> f64 {
-        calls as f64 / self.placing_s
+        match self.pattern {
+            // The loop places them over the whole round.
+            Pattern::Dialplan(_) => calls as f64 / self.to_last_hangup_s,
+            _ => calls as f64 / self.placing_s,
+        }
     }
 
     /// CDRs over the time the calls were being set up and torn down (the last call's own
