@@ -273,7 +273,7 @@ fn syslog(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildEr
 }
 
 fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
-    use crate::delivery::http::{header_shown, HttpDestination, HttpSettings, Method};
+    use crate::delivery::http::{header_shown, HttpDestination, HttpError, HttpSettings, Method};
     let url = section
         .option("url")
         .map(|e| e.value.trim())
@@ -299,7 +299,33 @@ fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildErro
     if let Some(batch) = number(section, "batch_max", 1, 100_000)? {
         settings.batch_max = batch as usize;
     }
-    opened(&section.name, HttpDestination::new(settings))
+    settings.tls.ca_file = tls_path(section, "ca_file")?;
+    settings.tls.client_cert = tls_path(section, "client_cert")?;
+    settings.tls.client_key = tls_path(section, "client_key")?;
+    match HttpDestination::new(settings) {
+        // A file that cannot be used is the option's fault: its section and line.
+        Err(HttpError::Tls(error)) => Err(match section.option(error.option) {
+            Some(entry) => bad_option(entry, &error.why),
+            None => BuildError::Open {
+                name: section.name.clone(),
+                error: error.to_string(),
+            },
+        }),
+        result => opened(&section.name, result),
+    }
+}
+
+/// A TLS file option: an absolute path, or empty for none.
+fn tls_path(
+    section: &DestinationSettings,
+    name: &str,
+) -> Result<Option<std::path::PathBuf>, BuildError> {
+    let path = parsed(section, name, |text| match text {
+        "" => Ok(None),
+        _ if text.starts_with('/') => Ok(Some(std::path::PathBuf::from(text))),
+        _ => Err("not an absolute path".to_string()),
+    })?;
+    Ok(path.flatten())
 }
 
 /// A type option's value refused: the file's words, with section and line.
