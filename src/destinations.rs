@@ -315,6 +315,22 @@ fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildErro
     }
 }
 
+/// The options naming a file an https destination reads when it is built.
+const TLS_FILES: [&str; 3] = ["ca_file", "client_cert", "client_key"];
+
+/// Whether some destination reads TLS files when built: a reload builds it again, so a
+/// certificate or CA renewed in place is read.
+pub fn reads_tls_files(settings: &Settings) -> bool {
+    settings.destinations.iter().any(|section| {
+        section.kind == DestinationType::Http
+            && TLS_FILES.iter().any(|name| {
+                section
+                    .option(name)
+                    .is_some_and(|e| !e.value.trim().is_empty())
+            })
+    })
+}
+
 /// A TLS file option: an absolute path, or empty for none.
 fn tls_path(
     section: &DestinationSettings,

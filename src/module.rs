@@ -704,11 +704,13 @@ pub fn reload() -> Result<(), LoadError> {
         );
         settings.spool = old.settings.spool.clone();
     }
-    // Same destinations and pacing: keep them, so nothing in flight is disturbed.
+    // Same destinations and pacing: keep them, so nothing in flight is disturbed. Not
+    // with TLS files: one renewed in place keeps its path, and must be read again.
     let same_destinations = settings.kafka == old.settings.kafka
         && settings.routing == old.settings.routing
         && settings.destinations == old.settings.destinations
-        && feeder_settings(&settings) == feeder_settings(&old.settings);
+        && feeder_settings(&settings) == feeder_settings(&old.settings)
+        && !destinations::reads_tls_files(&settings);
     let replacement = if same_destinations {
         None
     } else {

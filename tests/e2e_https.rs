@@ -229,8 +229,29 @@ fn calls_reach_an_https_server_of_a_private_ca_with_a_client_certificate_once_ea
     no_dead_letters(&root);
 }
 
+/// How the admin puts the wrong CA right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fix {
+    /// ca_file names the right file.
+    Config,
+    /// The file ca_file names gets the right CA; the config stays as it was.
+    InPlace,
+}
+
 #[test]
-fn wrong_ca_keeps_the_records_waiting_then_the_fixed_file_and_a_reload_deliver_each_once() {
+fn wrong_ca_keeps_the_records_waiting_then_the_fixed_config_and_a_reload_deliver_each_once() {
+    wrong_ca_then(Fix::Config);
+}
+
+#[test]
+fn wrong_ca_keeps_the_records_waiting_then_the_file_renewed_in_place_and_a_reload_deliver_each_once(
+) {
+    wrong_ca_then(Fix::InPlace);
+}
+
+/// The records wait while the CA is wrong, a reload with an unreadable CA file is
+/// refused, then `fix` and a reload deliver every record once.
+fn wrong_ca_then(fix: Fix) {
     let _one = support::one_asterisk();
     let root = Root::from_env();
     let tansu = Tansu::start();
@@ -284,10 +305,15 @@ fn wrong_ca_keeps_the_records_waiting_then_the_fixed_file_and_a_reload_deliver_e
     let still = destinations(&asterisk);
     assert!(still["billing"].target.contains(&trusted), "{still:?}");
 
-    asterisk.write_config(
-        "cdr_kafka.conf",
-        &setup.conf(&tansu.brokers(), &format!("{KEYS}/ca.pem")),
-    );
+    let fixed = match fix {
+        Fix::Config => setup.conf(&tansu.brokers(), &format!("{KEYS}/ca.pem")),
+        Fix::InPlace => {
+            let keys = root.path.join(KEYS.trim_start_matches('/'));
+            fs::copy(keys.join("ca.pem"), keys.join("other-ca.pem")).expect("renew the CA");
+            wrong
+        }
+    };
+    asterisk.write_config("cdr_kafka.conf", &fixed);
     asterisk.rx("module reload cdr_kafka.so");
     let more = calls(&asterisk, 1);
     assert!(more > received, "the call after the reload posted CDRs");
