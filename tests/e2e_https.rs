@@ -10,7 +10,7 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::Path;
+use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,14 @@ exten => plain,1,Answer()
 struct Setup {
     _scratch: ScratchDir,
     server: HttpsServer,
+    /// The keys folder in the root, removed on drop.
+    keys: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.keys);
+    }
 }
 
 impl Setup {
@@ -59,6 +67,7 @@ impl Setup {
         Self {
             _scratch: scratch,
             server,
+            keys,
         }
     }
 
@@ -308,7 +317,7 @@ fn wrong_ca_then(fix: Fix) {
     let fixed = match fix {
         Fix::Config => setup.conf(&tansu.brokers(), &format!("{KEYS}/ca.pem")),
         Fix::InPlace => {
-            let keys = root.path.join(KEYS.trim_start_matches('/'));
+            let keys = &setup.keys;
             fs::copy(keys.join("ca.pem"), keys.join("other-ca.pem")).expect("renew the CA");
             wrong
         }
@@ -337,5 +346,4 @@ fn wrong_ca_then(fix: Fix) {
     assert_eq!(unique.len() as u64, rows["billing"].delivered);
     assert_eq!(rows["billing"].failed, 0);
     no_dead_letters(&root);
-    let _ = fs::remove_dir_all(root.path.join(Path::new(KEYS.trim_start_matches('/'))));
 }
