@@ -280,7 +280,7 @@ fn syslog(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildEr
 }
 
 fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
-    use crate::delivery::http::{header_shown, HttpDestination, HttpSettings, Method};
+    use crate::delivery::http::{header_shown, HttpDestination, HttpError, HttpSettings, Method};
     let url = section
         .option("url")
         .map(|e| e.value.trim())
@@ -306,7 +306,47 @@ fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildErro
     if let Some(batch) = number(section, "batch_max", 1, 100_000)? {
         settings.batch_max = batch as usize;
     }
-    opened(&section.name, HttpDestination::new(settings))
+    settings.tls.ca_file = tls_path(section, "ca_file")?;
+    settings.tls.client_cert = tls_path(section, "client_cert")?;
+    settings.tls.client_key = tls_path(section, "client_key")?;
+    match HttpDestination::new(settings) {
+        // A file that cannot be used is the option's fault: its section and line.
+        Err(HttpError::Tls(error)) => Err(match section.option(error.option) {
+            Some(entry) => bad_option(entry, &error.why),
+            None => BuildError::Open {
+                name: section.name.clone(),
+                error: error.to_string(),
+            },
+        }),
+        result => opened(&section.name, result),
+    }
+}
+
+/// The options naming a file an https destination reads when it is built.
+const TLS_FILES: [&str; 3] = ["ca_file", "client_cert", "client_key"];
+
+/// Whether a destination reads TLS files when built: a reload builds it again, so a
+/// certificate or CA renewed in place is read.
+pub fn reads_tls_files(section: &DestinationSettings) -> bool {
+    section.kind == DestinationType::Http
+        && TLS_FILES.iter().any(|name| {
+            section
+                .option(name)
+                .is_some_and(|e| !e.value.trim().is_empty())
+        })
+}
+
+/// A TLS file option: an absolute path, or empty for none.
+fn tls_path(
+    section: &DestinationSettings,
+    name: &str,
+) -> Result<Option<std::path::PathBuf>, BuildError> {
+    let path = parsed(section, name, |text| match text {
+        "" => Ok(None),
+        _ if text.starts_with('/') => Ok(Some(std::path::PathBuf::from(text))),
+        _ => Err("not an absolute path".to_string()),
+    })?;
+    Ok(path.flatten())
 }
 
 /// A type option's value refused: the file's words, with section and line.

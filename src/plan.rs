@@ -183,8 +183,11 @@ pub fn for_reload(
     let mut kept = Vec::new();
     for planned in destinations::planned(new) {
         let name = planned.name;
+        // A TLS file renewed in place keeps its path: read again at every reload.
+        let reads_files = section(new, &name).is_some_and(destinations::reads_tls_files);
         let unchanged = running.contains(&name)
             && !restack
+            && !reads_files
             && old.is_some_and(|old| spec(old, &name) == spec(new, &name))
             && (shared_kept || !on_shared_producer(new, &name));
         if unchanged {

@@ -9,7 +9,7 @@
 //! Plain file reads: no Asterisk, no broker.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cdr_kafka::config::{
@@ -436,7 +436,9 @@ fn check_type_options(
 ) -> Result<(), String> {
     let value = |name: &str| destination.option(name).map(|e| e.value.trim());
     let absolute = |name: &str| match value(name) {
-        Some(path) if !path.starts_with('/') => Err(format!("{name} '{path}' is not absolute")),
+        Some(path) if !path.is_empty() && !path.starts_with('/') => {
+            Err(format!("{name} '{path}' is not absolute"))
+        }
         _ => Ok(()),
     };
     let number = |name: &str| -> Result<Option<u64>, String> {
@@ -490,6 +492,13 @@ fn check_type_options(
             if let Some(batch) = number("batch_max")? {
                 http.batch_max = batch as usize;
             }
+            let path = |name: &str| value(name).filter(|p| !p.is_empty()).map(PathBuf::from);
+            for name in ["ca_file", "client_cert", "client_key"] {
+                absolute(name)?;
+            }
+            http.tls.ca_file = path("ca_file");
+            http.tls.client_cert = path("client_cert");
+            http.tls.client_key = path("client_key");
             HttpDestination::new(http).map_err(|e| e.to_string())?;
         }
     }
@@ -623,6 +632,9 @@ fn documented_destination_defaults_are_the_defaults_applied() {
             "header" => String::new(),
             "timeout_ms" => http.timeout.as_millis().to_string(),
             "batch_max" => http.batch_max.to_string(),
+            "ca_file" => path_text(&http.tls.ca_file),
+            "client_cert" => path_text(&http.tls.client_cert),
+            "client_key" => path_text(&http.tls.client_key),
             other => panic!("destination option {other}: no default check"),
         };
         assert_eq!(
@@ -631,6 +643,12 @@ fn documented_destination_defaults_are_the_defaults_applied() {
             option.name
         );
     }
+}
+
+fn path_text(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 fn missed_name(missed: Missed) -> &'static str {

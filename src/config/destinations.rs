@@ -67,7 +67,16 @@ impl DestinationType {
             Self::Kafka => &["topic", "topic_fallback", "key"],
             Self::File => &["path", "rotate", "rotate_time", "rotate_day", "pretty"],
             Self::Syslog => &["socket", "facility", "level", "tag"],
-            Self::Http => &["url", "method", "header", "timeout_ms", "batch_max"],
+            Self::Http => &[
+                "url",
+                "method",
+                "header",
+                "timeout_ms",
+                "batch_max",
+                "ca_file",
+                "client_cert",
+                "client_key",
+            ],
         }
     }
 }
@@ -231,6 +240,9 @@ pub const DESTINATION_OPTIONS: &[OptionDoc] = &[
     doc("header", "", "http", "`Name: value` sent with every request (a Content-Type here replaces application/x-ndjson). Repeatable."),
     doc("timeout_ms", "5000", "http", "For a whole request, in milliseconds; a request that fails or times out, or a status other than 2xx, is tried again from the spool with backoff."),
     doc("batch_max", "500", "http", "Most records in one request."),
+    doc("ca_file", "", "http", "https: absolute path of a PEM file of the CAs that sign the server's certificate, trusted instead of the system's (a private CA). Empty: the system's CAs. The certificate and host name are always verified; a failure is retried, its reason in the status. Read at load and reload."),
+    doc("client_cert", "", "http", "https: absolute path of a PEM client certificate (then its intermediate CAs) for a server that requires one (mutual TLS); with client_key. Empty: none."),
+    doc("client_key", "", "http", "https: absolute path of client_cert's PEM private key, unencrypted (PKCS#8, RSA or EC), readable by Asterisk only. Empty: none."),
 ];
 
 /// Applies a routing option of `[global]` or a destination; false when `entry` is not

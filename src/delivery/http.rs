@@ -20,8 +20,8 @@
 //! `timeout_ms`. The feeder's `offer` only queues (a mutex the worker never holds across
 //! I/O) and `collect` only drains the worker's channel.
 //!
-//! https needs ureq's `native-tls` feature, which the build does not enable yet: until
-//! then an https request fails and is retried, naming the cause (`abort::NoTls`).
+//! https goes through [`tls`]: verification always on, against `ca_file` or the system's
+//! CAs; a failed handshake is a failed request (retried), its reason in the status.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -31,13 +31,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ureq::http::{HeaderName, HeaderValue, Uri};
-use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 use ureq::unversioned::transport::Connector;
 use ureq::Agent;
 
-use abort::{Abort, AbortableResolver, AbortableTcp, NoTls};
+use abort::{Abort, AbortableResolver, AbortableTcp};
 use redact::redact;
 pub use redact::{header_shown, redact_url};
+use tls::{Tls, TlsConnector};
+pub use tls::{TlsError, TlsFiles};
 
 use super::destination::{Destination, Offer, Outcome};
 use super::log::StoredRecord;
@@ -99,6 +100,8 @@ pub struct HttpSettings {
     pub timeout: Duration,
     /// Records in one request at most.
     pub batch_max: usize,
+    /// https: the CAs trusted and the client certificate.
+    pub tls: TlsFiles,
 }
 
 impl HttpSettings {
@@ -111,6 +114,7 @@ impl HttpSettings {
             headers: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             batch_max: DEFAULT_BATCH_MAX,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -124,6 +128,8 @@ pub enum HttpError {
     Header(String, String),
     /// `batch_max` or `timeout_ms` is zero (the option).
     Zero(&'static str),
+    /// A TLS file cannot be used (the option and why).
+    Tls(TlsError),
     /// The worker thread could not be started.
     Thread(std::io::Error),
 }
@@ -134,6 +140,7 @@ impl std::fmt::Display for HttpError {
             Self::Url(url, why) => write!(f, "url '{url}': {why}"),
             Self::Header(header, why) => write!(f, "header '{header}': {why}"),
             Self::Zero(option) => write!(f, "{option} must be at least 1"),
+            Self::Tls(error) => write!(f, "{error}"),
             Self::Thread(error) => write!(f, "cannot start the HTTP worker thread: {error}"),
         }
     }
@@ -285,12 +292,7 @@ struct Request {
 }
 
 impl Request {
-    fn new(settings: &HttpSettings, abort: &Arc<Abort>) -> Self {
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::NativeTls)
-            // The system's trust store, as the admin's other tools use it.
-            .root_certs(RootCerts::PlatformVerifier)
-            .build();
+    fn new(settings: &HttpSettings, tls: Option<Tls>, abort: &Arc<Abort>) -> Self {
         let config = Agent::config_builder()
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
@@ -298,10 +300,8 @@ impl Request {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .proxy(None)
-            .tls_config(tls)
             .build();
-        // With ureq's `native-tls` feature, `NativeTlsConnector::default()` replaces `NoTls`.
-        let connector = AbortableTcp(Arc::clone(abort)).chain(NoTls);
+        let connector = AbortableTcp(Arc::clone(abort)).chain(TlsConnector(tls));
         let agent = Agent::with_parts(config, connector, AbortableResolver(Arc::clone(abort)));
         Self {
             agent,
@@ -331,6 +331,9 @@ impl Request {
         }
         let mut response = match request.send(body) {
             Ok(response) => response,
+            Err(ureq::Error::Other(reason)) => {
+                return Reply::Retry(redact(&reason.to_string(), &self.url))
+            }
             Err(error) => return Reply::Retry(redact(&error.to_string(), &self.url)),
         };
         let status = response.status();
@@ -516,11 +519,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(settings: &HttpSettings) -> Result<Self, std::io::Error> {
+    fn start(settings: &HttpSettings, tls: Option<Tls>) -> Result<Self, std::io::Error> {
         let shared = Arc::new(Shared::default());
         let abort = Arc::new(Abort::default());
         let (sender, reports) = mpsc::channel();
-        let request = Request::new(settings, &abort);
+        let request = Request::new(settings, tls, &abort);
         let worker_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("cdr_kafka-http".into())
@@ -549,6 +552,8 @@ impl Drop for Worker {
 
 pub struct HttpDestination {
     settings: HttpSettings,
+    /// Built once from the files; each worker gets a copy (shared OpenSSL context).
+    tls: Option<Tls>,
     worker: Worker,
     in_flight: u64,
     /// Outcomes `flush` received, for the next `collect`.
@@ -559,7 +564,7 @@ pub struct HttpDestination {
 }
 
 impl HttpDestination {
-    /// Checks url, headers and limits, and starts the worker.
+    /// Checks url, headers, limits and TLS files, and starts the worker.
     pub fn new(settings: HttpSettings) -> Result<Self, HttpError> {
         check_url(&settings.url)?;
         check_headers(&settings.headers)?;
@@ -569,9 +574,11 @@ impl HttpDestination {
         if settings.timeout.is_zero() {
             return Err(HttpError::Zero("timeout_ms"));
         }
-        let worker = Worker::start(&settings).map_err(HttpError::Thread)?;
+        let tls = tls::connector(&settings.url, &settings.tls).map_err(HttpError::Tls)?;
+        let worker = Worker::start(&settings, tls.clone()).map_err(HttpError::Thread)?;
         Ok(Self {
             settings,
+            tls,
             worker,
             in_flight: 0,
             early: Vec::new(),
@@ -646,7 +653,7 @@ impl Destination for HttpDestination {
     }
 
     fn rebuild(&mut self) -> Result<(), String> {
-        let worker = Worker::start(&self.settings)
+        let worker = Worker::start(&self.settings, self.tls.clone())
             .map_err(|error| format!("cannot start the HTTP worker thread: {error}"))?;
         // The old worker is stopped and joined here; what it held is offered again.
         self.worker = worker;
@@ -697,3 +704,4 @@ mod abort;
 mod redact;
 #[cfg(test)]
 mod tests;
+mod tls;

@@ -132,30 +132,6 @@ impl Connector<()> for AbortableTcp {
     }
 }
 
-/// Stands where ureq's native-tls connector goes once the build enables ureq's
-/// `native-tls` feature: until then an https request fails (and is retried) instead of
-/// panicking in ureq.
-#[derive(Debug)]
-pub struct NoTls;
-
-impl<In: Transport> Connector<In> for NoTls {
-    type Out = In;
-
-    fn connect(
-        &self,
-        details: &ConnectionDetails,
-        chained: Option<In>,
-    ) -> Result<Option<Self::Out>, Error> {
-        if details.needs_tls() && !chained.as_ref().is_some_and(|c| c.is_tls()) {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "https needs ureq's native-tls feature, which this build lacks",
-            )));
-        }
-        Ok(chained)
-    }
-}
-
 /// A non-blocking connect to `addr`, registered before it starts so that `fire` wakes
 /// it, then a blocking socket for ureq.
 fn connect(
@@ -273,6 +249,13 @@ pub struct AbortableTransport {
     buffers: LazyBuffers,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+}
+
+impl AbortableTransport {
+    /// The socket, for TLS over it (still registered with the abort).
+    pub fn into_socket(self) -> Arc<TcpStream> {
+        self.stream
+    }
 }
 
 /// A timed-out socket call as ureq's error.

@@ -837,23 +837,4 @@ fn host_name_is_looked_up_and_each_address_tried() {
     assert_eq!(server.accepted(), lines(&payloads));
 }
 
-#[test]
-fn https_without_tls_in_this_build_is_retried_with_the_reason_not_broken() {
-    let server = TestServer::start(&[]);
-    let url = server.url.replace("http://", "https://");
-    let mut http = HttpDestination::new(HttpSettings::new("crm", &url)).unwrap();
-    assert_eq!(http.offer(&record(0, "{}")), Offer::Taken);
-    let mut outcomes = Vec::new();
-    wait_for("an outcome", || {
-        http.collect(&mut outcomes);
-        !outcomes.is_empty()
-    });
-    assert_eq!(outcomes, [(0, Outcome::Retry)]);
-    assert_eq!(http.broken(), None);
-    assert!(
-        http.describe().contains("native-tls"),
-        "{}",
-        http.describe()
-    );
-    assert!(server.seen().is_empty(), "nothing sent in clear text");
-}
+mod tls;
