@@ -1184,18 +1184,23 @@ impl Case {
                     Status::Passed
                 } else if did.delivered {
                     Status::Ok
-                } else if did.refused || did.refused_before || dest.give_up_ms.is_some() {
+                } else if did.refused || did.refused_before {
                     Status::Failed
                 } else if *disabled || behind_a_wait[pos] {
-                    // The walk waits for it, and so do the later destinations taking it.
+                    // The walk waits for it, and so do the later destinations taking it (a
+                    // destination held back by an earlier record has not read this one,
+                    // so it has not given it up either).
                     for (later, other) in self.config.iter().enumerate().skip(pos + 1) {
                         behind_a_wait[later] |= takes(other, record.spec);
                     }
                     break;
+                } else if dest.give_up_ms.is_some() {
+                    Status::Failed
                 } else {
                     return Err(format!(
-                        "id-{} never reached {name} while a destination before it is disabled",
-                        record.n
+                        "id-{} never reached {name} while a destination before it is disabled\n{}",
+                        record.n,
+                        self.history(record)
                     ));
                 };
                 ended |= status == Status::Ok && ends_walk(dest.flag);
