@@ -72,7 +72,7 @@ const ONE_DEAD_LETTER_ACROSS_RELOADS_AND_STOPS: bool = true;
 const REBUILD_WHILE_A_LATE_REFUSAL_IS_IN_FLIGHT: bool = true;
 
 /// Destination names; a reload that adds one takes the first free name (a name removed
-/// earlier comes back with its old ledger file).
+/// earlier comes back as a new destination: its ledger was deleted).
 const NAMES: [&str; 6] = ["d0", "d1", "d2", "d3", "d4", "d5"];
 /// Most destinations at once (four, and one a reload adds).
 const MOST: usize = 5;
@@ -1043,7 +1043,7 @@ impl Case {
             ledgers.push(ledger);
         }
         for dest in old.iter().filter(|d| kept.contains_key(&d.name)) {
-            log.unregister(NAMES[dest.name]);
+            log.forget(NAMES[dest.name]);
         }
         drop((kept, log));
         self.end_epoch(End::Reload)?;

@@ -216,7 +216,7 @@ impl Delivery {
         for name in &change.forget {
             self.parked.retain(|ledger| ledger.name() != name);
             self.stats.retain(|(other, _)| other != name);
-            self.log.unregister(name);
+            self.log.forget(name);
         }
         self.stack = change.stack;
         self.shared_producer = change.shared_producer;

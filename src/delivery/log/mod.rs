@@ -406,6 +406,20 @@ impl Log {
             .unwrap_or(state.next_seq)
     }
 
+    /// Stops keeping records for a destination removed from the configuration, and
+    /// deletes its ledger (and spare): a destination of that name added later starts as a
+    /// new one, not from what this one confirmed long ago.
+    pub fn forget(&self, name: &str) {
+        self.unregister(name);
+        let path = ledger::ledger_path(&self.dir, name);
+        for suffix in ["", ".new", ".prev"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = self.io.remove(Path::new(&file));
+        }
+        lock(&self.state).dir_dirty = true;
+    }
+
     pub fn unregister(&self, name: &str) {
         lock(&self.state)
             .destinations
