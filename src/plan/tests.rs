@@ -73,6 +73,16 @@ fn delivery(dir: &Path) -> Delivery {
     Delivery::new(Arc::new(log))
 }
 
+/// A delivery running what `conf(dir, "a.json", "cdr")` says, and those settings.
+fn loaded(dir: &Path, identity: &Identity) -> (Delivery, Settings) {
+    let mut delivery = delivery(dir);
+    let first = settings(&conf(dir, "a.json", "cdr"));
+    delivery
+        .install(for_load(&first, identity, &delivery).unwrap().change)
+        .unwrap();
+    (delivery, first)
+}
+
 fn started(plan: &super::Plan) -> Vec<&str> {
     let mut names: Vec<&str> = plan
         .change
@@ -126,11 +136,7 @@ fn a_reload_restarts_only_the_destination_whose_section_changed() {
 fn a_changed_producer_restarts_every_destination_on_it_and_no_other() {
     let dir = TempDir::new("producer");
     let identity = Identity::default();
-    let mut delivery = delivery(&dir.0);
-    let first = settings(&conf(&dir.0, "a.json", "cdr"));
-    delivery
-        .install(for_load(&first, &identity, &delivery).unwrap().change)
-        .unwrap();
+    let (mut delivery, first) = loaded(&dir.0, &identity);
     let text = conf(&dir.0, "a.json", "cdr").replace("127.0.0.1:1", "127.0.0.1:2");
     let second = settings(&text);
     let plan = for_reload(Some(&first), &second, &identity, &delivery).unwrap();
@@ -143,11 +149,7 @@ fn a_changed_producer_restarts_every_destination_on_it_and_no_other() {
 fn control_flags_changed_restack_every_destination() {
     let dir = TempDir::new("restack");
     let identity = Identity::default();
-    let mut delivery = delivery(&dir.0);
-    let first = settings(&conf(&dir.0, "a.json", "cdr"));
-    delivery
-        .install(for_load(&first, &identity, &delivery).unwrap().change)
-        .unwrap();
+    let (mut delivery, first) = loaded(&dir.0, &identity);
     let text = format!("{}control = sufficient\n", conf(&dir.0, "a.json", "cdr"));
     let second = settings(&text);
     let plan = for_reload(Some(&first), &second, &identity, &delivery).unwrap();
@@ -160,11 +162,7 @@ fn control_flags_changed_restack_every_destination() {
 fn a_section_left_out_is_forgotten_and_a_disabled_one_comes_back_at_reload() {
     let dir = TempDir::new("forget");
     let identity = Identity::default();
-    let mut delivery = delivery(&dir.0);
-    let first = settings(&conf(&dir.0, "a.json", "cdr"));
-    delivery
-        .install(for_load(&first, &identity, &delivery).unwrap().change)
-        .unwrap();
+    let (mut delivery, first) = loaded(&dir.0, &identity);
     delivery
         .install(for_disable(&delivery, "copy").change)
         .unwrap();
