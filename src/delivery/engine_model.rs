@@ -1174,7 +1174,9 @@ impl Case {
                 let name = NAMES[dest.name];
                 let did = self.did(epoch, dest, record.n);
                 let taken = takes(dest, record.spec) && !ended;
-                let status = if did.confirmed && !(taken && did.refused_before) {
+                let status = if did.refused_before && !ended && !did.delivered {
+                    Status::Failed
+                } else if did.confirmed {
                     if taken {
                         Status::Ok
                     } else {
@@ -1572,16 +1574,16 @@ fn walk(config: &[Dest], record: &Rec, what: impl Fn(&Dest) -> Did) -> Result<Wa
         let name = NAMES[dest.name];
         let did = what(dest);
         let taken = takes(dest, record.spec) && !ended;
-        // A failure stays one after it is confirmed: the ledger keeps it.
-        let status = if did.confirmed && !(taken && did.refused_before) {
+        // A failure kept in the ledger stands, confirmed or not, also when a reload changed
+        // the rules (unless the walk now ends before it).
+        let status = if did.refused_before && !ended && !did.delivered {
+            Status::Failed
+        } else if did.confirmed {
             if taken {
                 Status::Ok
             } else {
                 Status::Passed
             }
-        } else if !taken && !ended && did.refused_before && !did.delivered && !did.refused {
-            // A failure kept in the ledger stands when a reload changed the rules.
-            Status::Failed
         } else if !taken {
             ensure!(
                 !did.delivered && !did.refused,
