@@ -74,7 +74,9 @@ shlibs=$(cd "$work" && dpkg-shlibdeps -O "-e$pkg/$moddir/cdr_kafka.so" | sed -n 
 (cd "$pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) \
   >"$pkg/DEBIAN/md5sums"
 chmod 0644 "$pkg/DEBIAN/md5sums"
-installed_size=$(du -sk --apparent-size --exclude=DEBIAN "$pkg" | cut -f1)
+# KiB as dpkg-gencontrol counts them: each file rounded up, one per other entry.
+installed_size=$(cd "$pkg" && find . -path ./DEBIAN -prune -o -printf '%y %s\n' |
+  awk '{ kib += ($1 == "f") ? int(($2 + 1023) / 1024) : 1 } END { print kib }')
 sed -e "s|@VERSION@|$version|" -e "s|@ARCH@|$arch|" -e "s|@MAINTAINER@|$maintainer|" \
   -e "s|@INSTALLED_SIZE@|$installed_size|" -e "s|@ABI@|$abi|" -e "s|@SHLIBS_DEPENDS@|$shlibs|" \
   "$here/control.in" >"$pkg/DEBIAN/control"

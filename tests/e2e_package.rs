@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::deb::{self, Installation, Package};
-use support::{one_asterisk, Asterisk, Root, Tansu};
+use support::{one_asterisk, Asterisk, Root, ScratchDir, Tansu};
 
 const TOPIC: &str = "calls";
 const WAIT: Duration = Duration::from_secs(60);
@@ -99,6 +99,35 @@ fn package_holds_the_module_docs_and_conffile_for_this_asterisk() {
     assert!(entry(deb::MODULE).starts_with("-rw-r--r-- root/root"));
     assert!(entry(deb::DOCS).starts_with("-rw-r--r-- root/root"));
     assert!(entry(deb::CONF).starts_with("-rw-r----- root/root"));
+}
+
+#[test]
+fn make_deb_refuses_a_module_built_against_other_headers() {
+    let scratch = ScratchDir::new("deb-headers");
+    let include_dir = scratch.0.join("include");
+    fs::create_dir_all(include_dir.join("asterisk")).unwrap();
+    let other_sum = "0123456789abcdef0123456789abcdef";
+    fs::write(
+        include_dir.join("asterisk/buildopts.h"),
+        format!("#define AST_BUILDOPT_SUM \"{other_sum}\"\n"),
+    )
+    .unwrap();
+    let module = std::env::var_os("CDR_KAFKA_MODULE").expect("CDR_KAFKA_MODULE");
+    let output = deb::run_make_deb(&scratch.0, module.as_ref(), &include_dir, None);
+    assert!(!output.status.success(), "make deb packaged it");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains(&format!("does not carry build-option sum {other_sum}")),
+        "make deb said: {said}"
+    );
+    assert!(
+        !fs::read_dir(&scratch.0).unwrap().any(|entry| entry
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|e| e == "deb")),
+        "a package was left"
+    );
 }
 
 #[test]

@@ -35,8 +35,13 @@ pub fn buildopt_sum() -> String {
         .unwrap_or_else(|| panic!("no AST_BUILDOPT_SUM in {}", buildopts.display()))
 }
 
-/// Runs `make deb` with the module and headers given; returns the package's path.
-fn make_deb(out: &Path, module: &Path, include_dir: &Path, version: Option<&str>) -> PathBuf {
+/// Runs `make deb` with the module and headers given; its output.
+pub fn run_make_deb(
+    out: &Path,
+    module: &Path,
+    include_dir: &Path,
+    version: Option<&str>,
+) -> Output {
     let mut make = Command::new("make");
     make.arg("-s")
         .arg("-C")
@@ -48,13 +53,12 @@ fn make_deb(out: &Path, module: &Path, include_dir: &Path, version: Option<&str>
     if let Some(version) = version {
         make.arg(format!("DEB_VERSION={version}"));
     }
-    let output = make.stdin(Stdio::null()).output().expect("run make deb");
-    assert!(
-        output.status.success(),
-        "make deb failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    make.stdin(Stdio::null()).output().expect("run make deb")
+}
+
+/// Runs `make deb`, which must succeed; returns the package's path.
+fn make_deb(out: &Path, module: &Path, include_dir: &Path, version: Option<&str>) -> PathBuf {
+    assert_success("make deb", &run_make_deb(out, module, include_dir, version));
     let mut debs: Vec<PathBuf> = fs::read_dir(out)
         .expect("make deb's folder")
         .map(|entry| entry.expect("entry").path())
