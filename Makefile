@@ -3,6 +3,7 @@
 #   make                 build cdr_kafka.so against the installed Asterisk headers
 #   make install         copy it (and its XML docs) into the installed Asterisk
 #   make samples         install cdr_kafka.conf.sample as cdr_kafka.conf (old one kept as .old)
+#   make deb             build cdr-kafka_<version>_<arch>.deb for the Asterisk of ASTERISK_INCLUDE_DIR
 #   make demo            broker + Asterisk 22 + the module in a throwaway Debian root; places calls, prints records
 #   make test            every test, including real Asterisk 22 and a real broker
 #   make bench           the figures: callback cost, throughput, latency, memory, Asterisk CPU per CDR
@@ -27,7 +28,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 TEST_ENV = CDR_KAFKA_ROOT=$(SANDBOX_ROOT) CDR_KAFKA_MODULE=$(CURDIR)/target/release/libcdr_kafka.so \
 	CDR_KAFKA_TANSU=$(TANSU) ASTERISK_INCLUDE_DIR=$(SANDBOX_INCLUDE)
 
-.PHONY: all install samples sandbox test demo bench check check-versions clean
+.PHONY: all install samples deb sandbox test demo bench check check-versions clean
 
 all: cdr_kafka.so
 
@@ -55,6 +56,19 @@ samples:
 	if [ -f $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf ]; then \
 		mv -f $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf.old; fi
 	install -m 0640 $(call owner_of,$(DESTDIR)$(ASTETCDIR)) cdr_kafka.conf.sample $(DESTDIR)$(ASTETCDIR)/cdr_kafka.conf
+
+# The Debian package (packaging/make-deb.sh): the module, its XML docs and the sample as a
+# conffile, depending on the Asterisk build ASTERISK_INCLUDE_DIR's headers describe. The
+# default module is built here; a DEB_MODULE given is packaged as it is.
+BUILT_MODULE = $(or $(CARGO_TARGET_DIR),target)/release/libcdr_kafka.so
+DEB_MODULE ?= $(BUILT_MODULE)
+DEB_DIR ?= .
+DEB_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DEB_MAINTAINER ?= $(shell git log -1 --format='%an <%ae>' 2>/dev/null)
+
+deb:
+	$(if $(filter $(BUILT_MODULE),$(DEB_MODULE)),ASTERISK_INCLUDE_DIR=$(ASTERISK_INCLUDE_DIR) $(CARGO) build --release)
+	packaging/make-deb.sh $(DEB_MODULE) $(ASTERISK_INCLUDE_DIR) $(DEB_DIR) $(DEB_VERSION) "$(DEB_MAINTAINER)"
 
 # The tests and the demo need root: debootstrap, chroot and mount.
 sandbox:

@@ -8,6 +8,7 @@
 //! CDR_KAFKA_MODULE (the built cdr_kafka .so), CDR_KAFKA_TANSU (the tansu binary).
 #![allow(dead_code)]
 
+pub mod deb;
 pub mod https;
 pub mod schema;
 
