@@ -124,7 +124,7 @@ pub fn migrate(log: &Log) -> Migrated {
     let io = log.io();
     let mut migrated = Migrated::default();
     let mut refused = false;
-    // What a crash between a segment's removal and its `.ack` file's left.
+    // An `.ack` file whose segment is gone: a crash came between their removals.
     for ack_path in old_files(log.dir(), "ack") {
         if !ack_path.with_extension("seg").exists() {
             let _ = io.remove(&ack_path);
