@@ -38,7 +38,7 @@ all: cdr_kafka.so
 cdr_kafka.so: FORCE
 	ASTERISK_INCLUDE_DIR=$(ASTERISK_INCLUDE_DIR) $(CARGO) build --release
 	cp target/release/libcdr_kafka.so $@
-	@sh build/buildopts.sh $@ "$(ASTERISK_BIN)" warn
+	@sh build/buildopts.sh $@ "$(ASTERISK_BIN)" $(ASTERISK_INCLUDE_DIR) warn
 
 FORCE:
 
@@ -48,7 +48,7 @@ owner_of = $$(stat -c '-o %u -g %g' $(1))
 
 install:
 	@test -f $(MODULE) || { echo "$(MODULE) is not built: run make first"; exit 1; }
-	@sh build/buildopts.sh $(MODULE) "$(ASTERISK_BIN)" refuse
+	@sh build/buildopts.sh $(MODULE) "$(ASTERISK_BIN)" $(ASTERISK_INCLUDE_DIR) refuse
 	install -d $(DESTDIR)$(ASTMODDIR) $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty
 	# A new file, never an overwrite: the running Asterisk may have the old one mapped.
 	rm -f $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so

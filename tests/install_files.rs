@@ -121,6 +121,16 @@ fn with_sum(path: &Path, sum: &str) {
     fs::write(path, bytes).expect("write file");
 }
 
+/// Headers whose buildopts.h has the sum SUM_OF_THE_MODULE.
+fn headers_with_the_sum_of_the_module(folder: &Path) {
+    fs::create_dir_all(folder.join("asterisk")).expect("create asterisk/");
+    fs::write(
+        folder.join("asterisk/buildopts.h"),
+        format!("#define AST_BUILDOPT_SUM \"{SUM_OF_THE_MODULE}\"\n"),
+    )
+    .expect("write buildopts.h");
+}
+
 /// `make install` into `destdir` (its own folders: no root needed) of a module with the
 /// sum SUM_OF_THE_MODULE, the installed Asterisk there having `asterisk_sum`.
 fn install_beside_asterisk(destdir: &Path, asterisk_sum: &str) -> Output {
@@ -129,6 +139,8 @@ fn install_beside_asterisk(destdir: &Path, asterisk_sum: &str) -> Output {
     with_sum(&module, SUM_OF_THE_MODULE);
     fs::create_dir_all(destdir.join("modules")).expect("create modules/");
     fs::create_dir_all(destdir.join("data/documentation/thirdparty")).expect("create data/");
+    let headers = destdir.join("include");
+    headers_with_the_sum_of_the_module(&headers);
     make_output(
         destdir,
         &[
@@ -136,6 +148,7 @@ fn install_beside_asterisk(destdir: &Path, asterisk_sum: &str) -> Output {
             "ASTMODDIR=/modules",
             "ASTDATADIR=/data",
             &format!("MODULE={}", module.display()),
+            &format!("ASTERISK_INCLUDE_DIR={}", headers.display()),
         ],
     )
 }
@@ -183,9 +196,11 @@ fn building_for_other_build_options_than_the_installed_asterisk_is_a_warning() {
     let (module, asterisk) = (scratch.0.join("cdr_kafka.so"), scratch.0.join("asterisk"));
     with_sum(&module, SUM_OF_THE_MODULE);
     with_sum(&asterisk, ANOTHER_SUM);
+    let headers = scratch.0.join("include");
+    headers_with_the_sum_of_the_module(&headers);
     let output = Command::new("sh")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("build/buildopts.sh"))
-        .args([&module, &asterisk])
+        .args([&module, &asterisk, &headers])
         .arg("warn")
         .output()
         .expect("run build/buildopts.sh");
