@@ -18,6 +18,10 @@ ASTMODDIR ?= $(or $(shell sed -n 's/^[[:space:]]*astmoddir[[:space:]]*=>*[[:spac
 ASTDATADIR ?= $(or $(shell sed -n 's/^[[:space:]]*astdatadir[[:space:]]*=>*[[:space:]]*//p' $(DESTDIR)$(ASTETCDIR)/asterisk.conf 2>/dev/null),/var/lib/asterisk)
 # The module make install copies (make builds it).
 MODULE ?= cdr_kafka.so
+# The Asterisk that loads it: make warns, and make install refuses, when that Asterisk was
+# built with other build options and would refuse the module (build/buildopts.sh).
+# Empty: no check.
+ASTERISK_BIN ?= $(firstword $(wildcard $(DESTDIR)/usr/sbin/asterisk $(DESTDIR)/usr/local/sbin/asterisk))
 
 # The sandbox of the tests and the demo: a Debian unstable root with Asterisk 22.
 SANDBOX ?= $(HOME)/.cache/cdr_kafka
@@ -35,6 +39,7 @@ all: cdr_kafka.so
 cdr_kafka.so: FORCE
 	ASTERISK_INCLUDE_DIR=$(ASTERISK_INCLUDE_DIR) $(CARGO) build --release
 	cp target/release/libcdr_kafka.so $@
+	@sh build/buildopts.sh $@ "$(ASTERISK_BIN)" $(ASTERISK_INCLUDE_DIR) warn
 
 FORCE:
 
@@ -44,6 +49,7 @@ owner_of = $$(stat -c '-o %u -g %g' $(1))
 
 install:
 	@test -f $(MODULE) || { echo "$(MODULE) is not built: run make first"; exit 1; }
+	@sh build/buildopts.sh $(MODULE) "$(ASTERISK_BIN)" $(ASTERISK_INCLUDE_DIR) refuse
 	install -d $(DESTDIR)$(ASTMODDIR) $(DESTDIR)$(ASTDATADIR)/documentation/thirdparty
 	# A new file, never an overwrite: the running Asterisk may have the old one mapped.
 	rm -f $(DESTDIR)$(ASTMODDIR)/cdr_kafka.so

@@ -4,30 +4,26 @@
 //! The glue object is handed to the linker only for the cdylib: the tests link the rlib,
 //! which must not reference Asterisk's symbols (they exist only inside a running Asterisk).
 
+#[path = "build/checks.rs"]
+mod checks;
+
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process;
 
 fn main() {
+    // First, and nothing else on stdout before: a failed check is cargo's only message.
+    let include_dir = checks::include_dir();
+    if !checks::before_bindgen(&include_dir) {
+        return;
+    }
     println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");
+    println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
     for file in ["wrapper.h", "include/cdr_kafka.h", "src/glue.c"] {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo::rustc-check-cfg=cfg(asterisk_cdr_tenant)");
     println!("cargo::rustc-check-cfg=cfg(asterisk_cel_tenant)");
 
-    let include_dir = PathBuf::from(
-        env::var("ASTERISK_INCLUDE_DIR").unwrap_or_else(|_| "/usr/include".to_string()),
-    );
-    if !include_dir.join("asterisk/buildopts.h").is_file() {
-        eprintln!(
-            "cdr_kafka: no Asterisk headers in {} (asterisk/buildopts.h is missing): install your \
-             distribution's asterisk-dev package, or set ASTERISK_INCLUDE_DIR to a folder holding \
-             asterisk.h and asterisk/.",
-            include_dir.display()
-        );
-        process::exit(1);
-    }
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let own_include = manifest_dir.join("include");
@@ -66,7 +62,10 @@ fn main() {
         defines.push("CDRK_HAVE_PROMETHEUS");
     }
 
-    generate_bindings(&include_dir, &own_include, &out_dir);
+    if let Err(sentence) = generate_bindings(&include_dir, &own_include, &out_dir) {
+        println!("cargo::error={sentence}");
+        return;
+    }
     compile_glue(&include_dir, &own_include, &defines);
 
     // For tests/glue_view.rs: how to compile the glue exactly as above.
@@ -106,7 +105,7 @@ fn probe(include_dir: &Path, out_dir: &Path, name: &str, source: &str) -> bool {
     matches!(status, Ok(s) if s.success())
 }
 
-fn generate_bindings(include_dir: &Path, own_include: &Path, out_dir: &Path) {
+fn generate_bindings(include_dir: &Path, own_include: &Path, out_dir: &Path) -> Result<(), String> {
     let mut builder = bindgen::Builder::default()
         .header("wrapper.h")
         .clang_args(asterisk_cflags(include_dir))
@@ -123,16 +122,16 @@ fn generate_bindings(include_dir: &Path, own_include: &Path, out_dir: &Path) {
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
     // bindgen 0.72 keeps `unsafe extern` off unless asked.
     builder = builder.generate_comments(false);
-    let bindings = builder.generate().unwrap_or_else(|err| {
-        eprintln!(
-            "cdr_kafka: bindgen could not read the Asterisk headers in {}: {err}",
+    let bindings = builder.generate().map_err(|err| {
+        format!(
+            "bindgen could not read the Asterisk headers in {}: {err}",
             include_dir.display()
-        );
-        process::exit(1);
-    });
+        )
+    })?;
     bindings
         .write_to_file(out_dir.join("bindings.rs"))
         .expect("write bindings.rs");
+    Ok(())
 }
 
 fn compile_glue(include_dir: &Path, own_include: &Path, defines: &[&str]) {

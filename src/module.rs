@@ -179,7 +179,7 @@ impl Running {
         if migrated.left > 0 {
             ast_log!(
                 Warning,
-                "spool {}: {} record(s) of the previous spool format could not be moved yet (the disk refused them); they stay in their files for the next load",
+                "spool {}: {} record(s) of the previous spool format could not be moved yet (the log refused one: a full disk or spool_max_bytes); they stay in their files and are moved at the next load",
                 log.dir().display(),
                 migrated.left
             );

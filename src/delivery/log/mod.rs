@@ -524,15 +524,19 @@ impl Log {
         }
     }
 
-    fn sync_dir_if_dirty(&self) {
+    /// False when the folder needed a sync and it failed.
+    fn sync_dir_if_dirty(&self) -> bool {
         let dirty = std::mem::take(&mut lock(&self.state).dir_dirty);
         if dirty && self.io.sync_dir(&self.dir).is_err() {
             lock(&self.state).dir_dirty = true;
+            return false;
         }
+        true
     }
 
-    /// Forces everything appended so far, and the folder, to disk.
-    pub fn sync_now(&self) {
+    /// Forces everything appended so far, and the folder, to disk: false when a sync
+    /// failed (what was appended may not survive a power loss).
+    pub fn sync_now(&self) -> bool {
         // An idle log costs no fdatasync.
         let appended = self.unsynced_appends.swap(false, Ordering::AcqRel);
         let current = lock(&self.writer)
@@ -541,12 +545,14 @@ impl Log {
             .filter(|_| appended)
             .map(|active| Arc::clone(&active.file));
         let unsynced = std::mem::take(&mut lock(&self.state).unsynced);
+        let mut synced = true;
         for file in unsynced.iter().chain(current.as_ref()) {
             if self.io.sync(file).is_err() {
                 self.counters.sync_errors.fetch_add(1, Ordering::Relaxed);
+                synced = false;
             }
         }
-        self.sync_dir_if_dirty();
+        self.sync_dir_if_dirty() && synced
     }
 
     /// Records not yet confirmed by every destination, and their bytes.
