@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod schema;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fs;
