@@ -12,7 +12,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::tls::{read_topic, unique_secret, BrokerOptions, Pki, TlsBroker, User};
+use support::tls::{
+    read_topic, unique_secret, BrokerOptions, Metrics, Pki, TlsBroker, User, PROMETHEUS_MODULES,
+};
 use support::{cdr_kafka_conf, one_asterisk, Asterisk, Root};
 
 const TZ: &str = "UTC";
@@ -294,4 +296,119 @@ fn a_wrong_scram_password_keeps_records_in_the_spool_until_the_file_is_fixed() {
     );
     let client = sasl_client(&pki, "SCRAM-SHA-256", "asterisk", &password);
     assert_each_once(&root, &broker.brokers(), &borrowed(&client), COUNT);
+}
+
+/// SASL over TLS with a client certificate whose key is encrypted: neither the SASL
+/// password nor the key's password shows in the status, the destinations, the log, the
+/// control records, the metrics, or the error of a reload librdkafka refuses.
+#[test]
+fn no_secret_shows_in_status_log_control_records_metrics_or_a_refused_reload() {
+    let _one = one_asterisk();
+    let root = Root::from_env();
+    let pki = Pki::new(&root);
+    let password = unique_secret("scram");
+    let wrong_key_password = unique_secret("wrongkey");
+    let users = [User {
+        name: "asterisk",
+        password: &password,
+        mechanism: "scram512",
+    }];
+    let broker = TlsBroker::start(
+        &pki,
+        &BrokerOptions {
+            topics: &[TOPIC],
+            users: &users,
+            client_certificates: true,
+        },
+    );
+    let control = "var/log/asterisk/cdrk-tls-control.jsonl";
+    let control_path = root.path.join(control);
+    let _ = std::fs::remove_file(&control_path);
+    let conf = |key_password: &str| {
+        format!(
+            "{}ssl_certificate_location = {}\nssl_key_location = {}\nrdkafka.ssl.key.password = {key_password}\n\n\
+             [control]\ntype = file\npath = /{control}\nrecords = control\n",
+            sasl_conf(
+                &broker.brokers(),
+                &pki.inside("ca.pem"),
+                "SCRAM-SHA-512",
+                "asterisk",
+                &password
+            ),
+            pki.inside("client.pem"),
+            pki.inside("client.key"),
+        )
+    };
+    let metrics = Metrics::configure(&root);
+    let asterisk = Asterisk::start_with_modules(
+        &root,
+        &conf(&pki.key_password),
+        TZ,
+        &format!("{PROMETHEUS_MODULES}{LOAD_AT_BOOT}"),
+    );
+    asterisk.flood(COUNT);
+    // Delivered counts the control destination's records too: the spool says it all.
+    assert_eq!(asterisk.wait_for_counter("Spooled", COUNT, WAIT), COUNT);
+    wait_for_status(&asterisk, "Spool depth         : 0 records");
+    let mut client = sasl_client(&pki, "SCRAM-SHA-512", "asterisk", &password);
+    client.extend([
+        ("ssl.certificate.location", pki.inside("client.pem")),
+        ("ssl.key.location", pki.inside("client.key")),
+        ("ssl.key.password", pki.key_password.clone()),
+    ]);
+    assert_each_once(&root, &broker.brokers(), &borrowed(&client), COUNT);
+    // stunnel checked the client's certificate: one without is turned away.
+    let anonymous = sasl_client(&pki, "SCRAM-SHA-512", "asterisk", &password);
+    assert!(read_topic(&root, &broker.brokers(), TOPIC, &borrowed(&anonymous)).is_empty());
+
+    asterisk.write_config("cdr_kafka.conf", &conf(&wrong_key_password));
+    asterisk.rx("module reload cdr_kafka.so");
+    let refused = format!(
+        "ssl_key_location = {}: the private key cannot be read: a wrong key password (rdkafka.ssl.key.password)",
+        pki.inside("client.key")
+    );
+    let deadline = Instant::now() + WAIT;
+    while !asterisk.log().contains(&refused) {
+        assert!(
+            Instant::now() < deadline,
+            "the log never said '{refused}':\n{}",
+            asterisk.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(asterisk
+        .log()
+        .contains("reload refused, the running configuration stays"));
+
+    let status = asterisk.rx("cdr kafka show status");
+    assert!(
+        status.contains("sasl.password       : ********"),
+        "{status}"
+    );
+    assert!(
+        status.contains("— producing"),
+        "the old configuration runs:\n{status}"
+    );
+    let control_records = std::fs::read_to_string(&control_path).expect("the control records");
+    assert!(
+        control_records.contains("\"type\":\"module_start\""),
+        "{control_records}"
+    );
+    let scrape = metrics.scrape();
+    assert!(scrape.contains("asterisk_cdr_kafka_"), "{scrape}");
+    let everything = [
+        ("status", status),
+        ("destinations", asterisk.rx("cdr kafka show destinations")),
+        ("log", asterisk.log()),
+        ("control records", control_records),
+        ("metrics", scrape),
+    ];
+    for (what, text) in &everything {
+        for secret in [&password, &pki.key_password, &wrong_key_password] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{what} shows a secret:\n{text}"
+            );
+        }
+    }
 }

@@ -403,3 +403,60 @@ pub fn read_topic(
         .map(parse_kcat_line)
         .collect()
 }
+
+/// What res_prometheus needs loaded besides itself (its PJSIP metrics link against res_pjsip).
+pub const PROMETHEUS_MODULES: &str = "load => res_sorcery_config.so
+load => res_sorcery_memory.so
+load => res_sorcery_astdb.so
+load => res_pjproject.so
+load => res_pjsip.so
+load => res_prometheus.so
+";
+
+/// Asterisk's HTTP server on a free port of 127.0.0.1 with res_prometheus at `/metrics`,
+/// configured in the root for the next boot; switched off again on drop.
+pub struct Metrics {
+    etc: PathBuf,
+    port: u16,
+}
+
+impl Metrics {
+    pub fn configure(root: &Root) -> Self {
+        let port = free_port();
+        let etc = root.path.join("etc/asterisk");
+        fs::write(
+            etc.join("http.conf"),
+            format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {port}\n"),
+        )
+        .expect("http.conf");
+        fs::write(
+            etc.join("prometheus.conf"),
+            "[general]\nenabled = yes\nuri = metrics\n",
+        )
+        .expect("prometheus.conf");
+        Self { etc, port }
+    }
+
+    /// The text of one scrape.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .expect("connect to Asterisk's HTTP server");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        let _ = fs::write(self.etc.join("http.conf"), "[general]\nenabled = no\n");
+    }
+}
