@@ -359,7 +359,11 @@ fn no_secret_shows_in_status_log_control_records_metrics_or_a_refused_reload() {
     assert_each_once(&root, &broker.brokers(), &borrowed(&client), COUNT);
     // stunnel checked the client's certificate: one without is turned away.
     let anonymous = sasl_client(&pki, "SCRAM-SHA-512", "asterisk", &password);
-    assert!(read_topic(&root, &broker.brokers(), TOPIC, &borrowed(&anonymous)).is_empty());
+    assert!(
+        read_topic(&root, &broker.brokers(), TOPIC, &borrowed(&anonymous)).is_empty(),
+        "{}",
+        broker.stunnel_log()
+    );
 
     asterisk.write_config("cdr_kafka.conf", &conf(&wrong_key_password));
     asterisk.rx("module reload cdr_kafka.so");
