@@ -2,13 +2,14 @@
 # Installs what building and testing cdr_kafka needs on a Debian machine, skipping what
 # is there already: a C compiler, clang/libclang (bindgen), cmake and pkg-config (the
 # tansu broker's build), debootstrap (the Asterisk root), dpkg-dev, binutils and lintian
-# (make deb and its test), and tansu itself (built with cargo; about 13 minutes the first
-# time).
+# (make deb and its test), openssl and stunnel4 (the TLS tests: certificates, and a TLS
+# listener in front of tansu), and tansu itself (built with cargo; about 13 minutes the
+# first time).
 set -euo pipefail
 
 need=()
 for package in gcc libc6-dev make perl debootstrap clang libclang-dev cmake pkg-config util-linux \
-  dpkg-dev binutils lintian; do
+  dpkg-dev binutils lintian openssl stunnel4; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || need+=("$package")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -11,6 +11,7 @@
 pub mod deb;
 pub mod https;
 pub mod schema;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fs;

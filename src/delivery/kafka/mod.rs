@@ -15,6 +15,7 @@
 mod shared;
 #[cfg(test)]
 mod tests;
+mod words;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,12 +44,9 @@ pub struct ProducerSettings {
 }
 
 impl ProducerSettings {
+    #[cfg(test)]
     fn redact(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
-            text = text.replace(secret.as_str(), REDACTED);
-        }
-        text
+        words::Words::new(self).redact(text)
     }
 
     fn debug(&self) -> bool {

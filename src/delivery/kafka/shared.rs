@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use super::super::destination::Outcome;
 use super::super::log::now_ms;
+use super::words::Words;
 use super::{classify, Failure, ProducerError, ProducerSettings};
 use crate::ast_log;
 use crate::ratelimit::{suppressed_note, RateLimit};
@@ -179,6 +180,7 @@ struct Health {
 
 pub struct KafkaContext {
     generation: u64,
+    words: Arc<Words>,
     health: Arc<Health>,
     routes: Arc<Routes>,
 }
@@ -195,24 +197,40 @@ impl ClientContext for KafkaContext {
                 if let Some(held) = self.health.librdkafka_log.check() {
                     ast_log!(
                         Warning,
-                        "librdkafka {facility}: {message}{}",
+                        "librdkafka {facility}: {}{}",
+                        self.words.redact(message),
                         suppressed_note(held)
                     );
                 }
             }
-            _ => ast_log!(Debug, "librdkafka {facility}: {message}"),
+            _ => ast_log!(
+                Debug,
+                "librdkafka {facility}: {}",
+                self.words.redact(message)
+            ),
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         let health = &self.health;
         health.events.fetch_add(1, Ordering::Relaxed);
-        *lock(&health.last_broker_error) = Some((format!("{error}: {reason}"), now_ms()));
         health.check_fatal.store(true, Ordering::Release);
+        let code = error.rdkafka_error_code();
+        let mut last = lock(&health.last_broker_error);
+        // "All brokers down" follows the error that downed them: that one says why.
+        let delivered = health.last_delivered_ms.load(Ordering::Relaxed);
+        if code == Some(RDKafkaErrorCode::AllBrokersDown)
+            && last.as_ref().is_some_and(|(_, at)| *at >= delivered)
+        {
+            return;
+        }
+        let words = self.words.broker_error(code, reason);
+        *last = Some((words.clone(), now_ms()));
+        drop(last);
         if let Some(held) = health.error_log.check() {
             ast_log!(
                 Warning,
-                "Kafka producer error: {error}: {reason}{}",
+                "Kafka producer error: {words}{}",
                 suppressed_note(held)
             );
         }
@@ -438,14 +456,16 @@ fn open(
         librdkafka_log: RateLimit::new(10),
         error_log: RateLimit::new(10),
     });
+    let words = Arc::new(Words::new(settings));
     let context = KafkaContext {
         generation: number,
+        words: Arc::clone(&words),
         health: Arc::clone(&health),
         routes: Arc::clone(routes),
     };
     let producer = config
         .create_with_context(context)
-        .map_err(|error| ProducerError(settings.redact(&producer_error_text(&error))))?;
+        .map_err(|error| ProducerError(words.creation_error(&producer_error_text(&error))))?;
     Ok(Generation {
         number,
         producer,
