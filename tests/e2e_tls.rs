@@ -212,25 +212,30 @@ fn sasl_client(
     client
 }
 
+/// A broker behind TLS that knows one SCRAM user, `asterisk`.
+fn scram_broker(pki: &Pki, password: &str, mechanism: &str) -> TlsBroker {
+    let users = [User {
+        name: "asterisk",
+        password,
+        mechanism,
+    }];
+    TlsBroker::start(
+        pki,
+        &BrokerOptions {
+            topics: &[TOPIC],
+            users: &users,
+            client_certificates: false,
+        },
+    )
+}
+
 #[test]
 fn sasl_scram_sha_512_over_tls_delivers_every_record_once() {
     let _one = one_asterisk();
     let root = Root::from_env();
     let pki = Pki::new(&root);
     let password = unique_secret("scram");
-    let users = [User {
-        name: "asterisk",
-        password: &password,
-        mechanism: "scram512",
-    }];
-    let broker = TlsBroker::start(
-        &pki,
-        &BrokerOptions {
-            topics: &[TOPIC],
-            users: &users,
-            client_certificates: false,
-        },
-    );
+    let broker = scram_broker(&pki, &password, "scram512");
     let ca = pki.inside("ca.pem");
     let conf = sasl_conf(
         &broker.brokers(),
@@ -256,19 +261,7 @@ fn a_wrong_scram_password_keeps_records_in_the_spool_until_the_file_is_fixed() {
     let pki = Pki::new(&root);
     let password = unique_secret("scram");
     let wrong = unique_secret("wrong");
-    let users = [User {
-        name: "asterisk",
-        password: &password,
-        mechanism: "scram256",
-    }];
-    let broker = TlsBroker::start(
-        &pki,
-        &BrokerOptions {
-            topics: &[TOPIC],
-            users: &users,
-            client_certificates: false,
-        },
-    );
+    let broker = scram_broker(&pki, &password, "scram256");
     let ca = pki.inside("ca.pem");
     let conf = sasl_conf(&broker.brokers(), &ca, "SCRAM-SHA-256", "asterisk", &wrong);
     let mut asterisk = Asterisk::start_with_modules(&root, &conf, TZ, LOAD_AT_BOOT);
