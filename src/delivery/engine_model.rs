@@ -1174,19 +1174,13 @@ impl Case {
                 let name = NAMES[dest.name];
                 let did = self.did(epoch, dest, record.n);
                 let taken = takes(dest, record.spec) && !ended;
-                let status = if did.refused_before && !ended && !did.delivered {
-                    Status::Failed
-                } else if did.confirmed {
-                    if taken {
-                        Status::Ok
-                    } else {
-                        Status::Passed
-                    }
+                let status = if let Some(status) = did.known_at_start(taken, ended) {
+                    status
                 } else if !taken {
                     Status::Passed
                 } else if did.delivered {
                     Status::Ok
-                } else if did.refused || did.refused_before {
+                } else if did.refused {
                     Status::Failed
                 } else if *disabled || behind_a_wait[pos] {
                     // The walk waits for it, and so do the later destinations taking it (a
@@ -1534,6 +1528,21 @@ struct Did {
     refused_before: bool,
 }
 
+impl Did {
+    /// What the ledgers said when the epoch began: a failure kept there stands, confirmed
+    /// or not, also when a reload changed the rules (unless the walk now ends before it);
+    /// a confirmation is a delivery where the walk reaches it and its rules take it.
+    fn known_at_start(&self, taken: bool, ended: bool) -> Option<Status> {
+        if self.refused_before && !ended && !self.delivered {
+            Some(Status::Failed)
+        } else if self.confirmed {
+            Some(if taken { Status::Ok } else { Status::Passed })
+        } else {
+            None
+        }
+    }
+}
+
 struct Walk {
     statuses: Vec<Status>,
     success: bool,
@@ -1574,16 +1583,8 @@ fn walk(config: &[Dest], record: &Rec, what: impl Fn(&Dest) -> Did) -> Result<Wa
         let name = NAMES[dest.name];
         let did = what(dest);
         let taken = takes(dest, record.spec) && !ended;
-        // A failure kept in the ledger stands, confirmed or not, also when a reload changed
-        // the rules (unless the walk now ends before it).
-        let status = if did.refused_before && !ended && !did.delivered {
-            Status::Failed
-        } else if did.confirmed {
-            if taken {
-                Status::Ok
-            } else {
-                Status::Passed
-            }
+        let status = if let Some(status) = did.known_at_start(taken, ended) {
+            status
         } else if !taken {
             ensure!(
                 !did.delivered && !did.refused,
@@ -1599,7 +1600,7 @@ fn walk(config: &[Dest], record: &Rec, what: impl Fn(&Dest) -> Did) -> Result<Wa
             Status::Passed
         } else if did.delivered {
             Status::Ok
-        } else if did.refused || did.refused_before {
+        } else if did.refused {
             Status::Failed
         } else {
             ensure!(
