@@ -182,47 +182,9 @@ fn https_to_a_plain_http_server_is_retried_with_the_reason_and_sends_nothing_in_
 
 /// What loading `[crm] type = http` with `options` says, as the module would at load.
 fn load_error(url: &str, options: &[(&str, String)]) -> String {
-    let mut lines = vec![
-        (
-            "global".to_string(),
-            "brokers".to_string(),
-            "127.0.0.1:9092".to_string(),
-        ),
-        ("crm".into(), "type".into(), "http".into()),
-        ("crm".into(), "url".into(), url.to_string()),
-    ];
-    lines.extend(
-        options
-            .iter()
-            .map(|(name, value)| ("crm".to_string(), name.to_string(), value.clone())),
-    );
-    let entries: Vec<crate::config::Entry> = lines
-        .into_iter()
-        .enumerate()
-        .map(|(line, (section, name, value))| crate::config::Entry {
-            section,
-            name,
-            value,
-            line: line as i32 + 1,
-        })
-        .collect();
-    let host = crate::config::HostCapabilities {
-        tenant_fields: true,
-    };
-    let settings = crate::config::parse(&entries, host, &mut || Ok(Vec::new())).unwrap();
-    let identity = crate::asterisk::host::Identity {
-        entity_id: "00:11".into(),
-        system_name: String::new(),
-        asterisk_version: "22".into(),
-        hostname: "pbx".into(),
-        tenant_fields: true,
-        spool_dir: String::new(),
-    };
-    let shared = crate::destinations::shared_producer(&settings).unwrap();
-    match crate::destinations::build(&settings, &identity, "crm", None, &shared) {
-        Ok(_) => String::new(),
-        Err(error) => error.to_string(),
-    }
+    let mut all = vec![("type", "http"), ("url", url)];
+    all.extend(options.iter().map(|(name, value)| (*name, value.as_str())));
+    super::crm_build_error(&all)
 }
 
 /// A url, the TLS options of its section, and what the error must say.
