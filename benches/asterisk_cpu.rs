@@ -50,7 +50,7 @@
 //! CDR_KAFKA_BENCH_CALLS (default 2,000) per round, CDR_KAFKA_BENCH_ROUNDS (default 5) of
 //! each mode and pattern; CDR_KAFKA_BENCH_QUICK=1: one round of 200 calls, 2 s of idle;
 //! CDR_KAFKA_BENCH_DESTINATIONS=3: two more destinations (a filtered Kafka topic on the
-//! same producer, a file of envelopes).
+//! same producer, a file of envelopes). CDR_KAFKA_BENCH_PATTERNS=bd: only those patterns.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -783,12 +783,17 @@ fn main() {
          (expected {CDRS_PER_CALL}; checked again after every round with the module)."
     );
     println!();
-    for pattern in [
-        Pattern::AsFastAsOriginate,
-        Pattern::Paced(PACED_CALLS_PER_S),
-        Pattern::Dialplan(0),
-        Pattern::Dialplan(PACED_CALLS_PER_S),
+    // CDR_KAFKA_BENCH_PATTERNS: the letters of the patterns to run (default abcd).
+    let chosen = std::env::var("CDR_KAFKA_BENCH_PATTERNS").unwrap_or_else(|_| "abcd".into());
+    for (letter, pattern) in [
+        ('a', Pattern::AsFastAsOriginate),
+        ('b', Pattern::Paced(PACED_CALLS_PER_S)),
+        ('c', Pattern::Dialplan(0)),
+        ('d', Pattern::Dialplan(PACED_CALLS_PER_S)),
     ] {
+        if !chosen.contains(letter) {
+            continue;
+        }
         let done = run_pattern(&mut bench, pattern, rounds);
         summarize(pattern, &done, calls);
     }
