@@ -256,7 +256,12 @@ impl Feeder {
         let mut held = VecDeque::new();
         let mut refusals = VecDeque::new();
         if let Some((stack, index)) = &rules.stack {
-            stack.attach(*index, ledger.watermarks(), rules.tried_since_ms);
+            stack.attach(
+                *index,
+                ledger.watermarks(),
+                ledger.state().above.clone(),
+                rules.tried_since_ms,
+            );
         }
         // What failed here before a stop stays failed: the verdict is not decided anew,
         // and the record is not tried again here. Alone now, it is dead-lettered.

@@ -260,10 +260,22 @@ impl Stack {
         self.members[index].flag
     }
 
-    /// A destination's feeder starts: where its confirmations stand, and since when
-    /// records are tried in this run.
-    pub fn attach(&self, index: usize, watermarks: Arc<Watermarks>, tried_since_ms: u64) {
-        if let Ok(mut slot) = self.members[index].confirmed.lock() {
+    /// A destination's feeder starts: where its confirmations stand (the watermarks, and
+    /// the records its ledger confirmed above them, which the feeder skips without
+    /// posting), and since when records are tried in this run.
+    pub fn attach(
+        &self,
+        index: usize,
+        watermarks: Arc<Watermarks>,
+        confirmed_above: BTreeSet<u64>,
+        tried_since_ms: u64,
+    ) {
+        let member = &self.members[index];
+        *member
+            .confirmed_above
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = confirmed_above;
+        if let Ok(mut slot) = member.confirmed.lock() {
             *slot = Some(watermarks);
         }
         self.tried_since_ms
@@ -301,11 +313,10 @@ impl Stack {
         let member = &self.members[index];
         self.watermark(index)
             .is_some_and(|confirmed| confirmed > seq)
-            || (!member.running.load(Ordering::Acquire)
-                && member
-                    .confirmed_above
-                    .lock()
-                    .is_ok_and(|above| above.contains(&seq)))
+            || member
+                .confirmed_above
+                .lock()
+                .is_ok_and(|above| above.contains(&seq))
     }
 
     /// A disabled destination's failure: `record` waited its whole `give_up_after_ms`.
@@ -591,9 +602,24 @@ mod tests {
             confirmed: AtomicU64::new(10),
             durable: AtomicU64::new(10),
         });
-        stack.attach(0, kafka, 0);
+        stack.attach(0, kafka, BTreeSet::new(), 0);
         assert_eq!(stack.reaches(1, &record(9)), Some(false));
         assert_eq!(stack.reaches(1, &record(10)), None);
+    }
+
+    #[test]
+    fn after_a_restart_a_record_confirmed_above_the_watermark_counts_as_delivered() {
+        // Kafka confirmed 12 and 13 while 10 waited for its verdict: its feeder starts at
+        // 10 and skips 12 and 13 without posting, so the walk learns of them at attach.
+        let stack = failover();
+        let kafka = Arc::new(Watermarks {
+            confirmed: AtomicU64::new(10),
+            durable: AtomicU64::new(10),
+        });
+        stack.attach(0, kafka, BTreeSet::from([12, 13]), 0);
+        assert_eq!(stack.reaches(1, &record(12)), Some(false));
+        assert_eq!(stack.reaches(1, &record(13)), Some(false));
+        assert_eq!(stack.reaches(1, &record(11)), None);
     }
 
     #[test]
@@ -613,6 +639,7 @@ mod tests {
                 confirmed: AtomicU64::new(10),
                 durable: AtomicU64::new(10),
             }),
+            BTreeSet::new(),
             0,
         );
         assert_eq!(
@@ -681,9 +708,9 @@ mod tests {
         let kafka = watermarks(0);
         let copy = watermarks(0);
         let archive = watermarks(0);
-        stack.attach(0, Arc::clone(&kafka), 0);
-        stack.attach(1, Arc::clone(&copy), 0);
-        stack.attach(2, Arc::clone(&archive), 0);
+        stack.attach(0, Arc::clone(&kafka), BTreeSet::new(), 0);
+        stack.attach(1, Arc::clone(&copy), BTreeSet::new(), 0);
+        stack.attach(2, Arc::clone(&archive), BTreeSet::new(), 0);
         // Kafka is down: the two others deliver a million records, with a reason each.
         let records = 1_000_000u64;
         for seq in 0..records {
@@ -729,8 +756,8 @@ mod tests {
                 Route::plain("archive", RecordKinds::CDR),
             ),
         ]);
-        stack.attach(0, watermarks(0), 0);
-        stack.attach(1, watermarks(0), 0);
+        stack.attach(0, watermarks(0), BTreeSet::new(), 0);
+        stack.attach(1, watermarks(0), BTreeSet::new(), 0);
         let mut old = record(1);
         old.captured_ms = now_ms() - 3_500;
         let mut young = record(2);
@@ -756,7 +783,7 @@ mod tests {
             ])
         );
         // A run that started after the capture gives the record the whole limit again.
-        stack.attach(0, watermarks(0), now_ms());
+        stack.attach(0, watermarks(0), BTreeSet::new(), now_ms());
         stack.detach(0, BTreeSet::new());
         assert_eq!(stack.reaches(1, &record_at(3, old.captured_ms)), None);
     }
