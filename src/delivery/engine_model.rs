@@ -1225,19 +1225,25 @@ impl Case {
         })
     }
 
-    /// The last epoch some configured destination had not confirmed `record` at its
-    /// start: its verdict was made there.
+    /// The first epoch by whose end every destination taking `record` (or holding a
+    /// failure of it) had confirmed it, else the last: its verdict was made there.
     fn final_epoch(&self, record: &Rec) -> usize {
-        (record.epoch..self.epochs.len())
-            .rev()
+        let last = self.epochs.len() - 1;
+        (record.epoch..last)
             .find(|&e| {
-                let epoch = &self.epochs[e];
-                epoch
-                    .config
-                    .iter()
-                    .any(|d| !epoch.confirmed.contains(&(d.name, record.n)))
+                // Decided there: every destination of that epoch taking the record (or
+                // holding a failure of it) had confirmed it by its end. One that does
+                // not take it passes it whatever it confirmed (a disabled one may never
+                // confirm it).
+                let (epoch, next) = (&self.epochs[e], &self.epochs[e + 1]);
+                let key = |d: &Dest| (d.name, record.n);
+                epoch.config.iter().all(|d| {
+                    !(takes(d, record.spec) || epoch.failed.contains(&key(d)))
+                        || next.confirmed.contains(&key(d))
+                        || epoch.confirmed_at_end.contains(&key(d))
+                })
             })
-            .unwrap_or(record.epoch)
+            .unwrap_or(last)
     }
 
     /// A reload after `epoch` removed the only destinations that had not confirmed it.
