@@ -226,6 +226,8 @@ pub struct Scan {
     pub damaged_runs: u64,
     /// Bytes after the last valid entry that hold none (a torn write, or damage at the end).
     pub tail_bytes: usize,
+    /// Zeros after the last valid entry: room written ahead of the records.
+    pub room_bytes: usize,
 }
 
 /// Reads every valid entry of `data`. Damage costs only the entries it touches: after
@@ -268,7 +270,11 @@ pub fn scan_entries(data: &[u8]) -> Scan {
             }
         }
     }
-    scan.tail_bytes = data.len() - scan.valid_end;
+    // Zeros after the last record are room the writer made ahead, not a torn write.
+    if data[scan.valid_end..].iter().all(|&byte| byte == 0) {
+        scan.room_bytes = data.len() - scan.valid_end;
+    }
+    scan.tail_bytes = data.len() - scan.valid_end - scan.room_bytes;
     scan
 }
 
@@ -347,5 +353,20 @@ mod tests {
             decode_segment_header(&header[..10]),
             Err(HeaderProblem::Short)
         );
+    }
+
+    #[test]
+    fn zeros_after_the_last_entry_are_room_and_a_partial_entry_before_them_is_torn() {
+        let mut data = entries(3);
+        let end = data.len();
+        data.resize(end + 4096, 0);
+        let scan = scan_entries(&data);
+        assert_eq!((scan.entries.len(), scan.valid_end), (3, end));
+        assert_eq!((scan.tail_bytes, scan.room_bytes), (0, 4096));
+        let copy = data[..end / 3].to_vec();
+        data[end..end + 20].copy_from_slice(&copy[..20]);
+        let scan = scan_entries(&data);
+        assert_eq!(scan.entries.len(), 3);
+        assert_eq!((scan.tail_bytes, scan.room_bytes), (4096, 0));
     }
 }

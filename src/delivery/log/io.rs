@@ -276,6 +276,19 @@ impl Io {
         }
     }
 
+    /// Writes `len` zeros at `offset` (a write per 64 KiB).
+    pub fn write_zeros(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
+            self.write_at(file, &ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// Appends all of `bytes` to a file opened for appending.
     pub fn append(&self, mut file: &File, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;

@@ -475,6 +475,7 @@ impl Log {
     /// back the space of a delivered current segment, syncs under the policy. Errors
     /// leave things as they were, to be tried at the next pass.
     pub fn maintain(&self) {
+        self.make_room_ahead();
         let doomed = {
             let mut state = lock(&self.state);
             let Some(below) = state.delivered_below() else {

@@ -846,3 +846,94 @@ fn on_a_full_disk_confirmations_still_become_durable_and_the_disk_is_given_back(
     let ledger = log.register("global").unwrap();
     assert_eq!(pending_ids(&log, &ledger), vec![format!("id-{}", n - 1)]);
 }
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn appends_overwrite_the_zeros_made_ahead_and_a_reopen_finds_no_torn_tail() {
+    let dir = TempDir::new("room");
+    {
+        let log = Log::open(settings(&dir.0)).unwrap();
+        log.register("global").unwrap();
+        for n in 0..5 {
+            append(&log, n).unwrap();
+        }
+        log.maintain();
+        let path = segment_files(&dir.0).pop().unwrap();
+        let made = file_len(&path);
+        assert!(made > 256 * 1024, "room made ahead: {made} bytes");
+        for n in 5..200 {
+            append(&log, n).unwrap();
+        }
+        assert_eq!(file_len(&path), made, "the appends did not grow the file");
+        // Dropped without a stop: the zeros stay after the last record, as after a crash.
+    }
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(log.recovery.torn_tails, 0);
+    assert_eq!(log.recovery.damaged, 0);
+    assert_eq!(pending_ids(&log, &ledger), ids(0..200));
+    assert_eq!(append(&log, 200).unwrap(), 200);
+}
+
+#[test]
+fn a_torn_record_in_the_zeros_made_ahead_is_cut_off() {
+    let dir = TempDir::new("room-torn");
+    {
+        let log = Log::open(settings(&dir.0)).unwrap();
+        log.register("global").unwrap();
+        for n in 0..5 {
+            append(&log, n).unwrap();
+        }
+        log.maintain();
+    }
+    // A sixth record half written where the zeros begin.
+    let path = segment_files(&dir.0).pop().unwrap();
+    let mut data = fs::read(&path).unwrap();
+    let scan = format::scan_entries(&data[format::SEGMENT_HEADER_LEN..]);
+    let last = scan.entries.last().unwrap();
+    let (start, end) = (
+        format::SEGMENT_HEADER_LEN + last.offset,
+        format::SEGMENT_HEADER_LEN + scan.valid_end,
+    );
+    let half: Vec<u8> = data[start..end][..(end - start) / 2].to_vec();
+    data[end..end + half.len()].copy_from_slice(&half);
+    fs::write(&path, &data).unwrap();
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(log.recovery.torn_tails, 1);
+    assert_eq!(log.recovery.damaged, 0);
+    assert_eq!(pending_ids(&log, &ledger), ids(0..5));
+    assert_eq!(
+        file_len(&path),
+        end as u64,
+        "cut back to the last whole record"
+    );
+}
+
+#[test]
+fn an_append_that_would_reach_zeros_being_written_starts_a_new_segment() {
+    let dir = TempDir::new("room-race");
+    {
+        let log = Log::open(settings(&dir.0)).unwrap();
+        log.register("global").unwrap();
+        append(&log, 0).unwrap();
+        {
+            // A feeder is writing zeros from 10 bytes past the last record.
+            let mut writer = lock(&log.writer);
+            let active = writer.segment.as_ref().unwrap();
+            let claim = (active.first_seq, active.bytes + 10);
+            writer.making_room = Some(claim);
+        }
+        append(&log, 1).unwrap();
+        assert_eq!(segment_files(&dir.0).len(), 2);
+        lock(&log.writer).making_room = None;
+        append(&log, 2).unwrap();
+        assert_eq!(segment_files(&dir.0).len(), 2);
+    }
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!(pending_ids(&log, &ledger), ids(0..3));
+}
