@@ -2,7 +2,10 @@
 //! one spool append, per `spool_sync` policy, for a typical CDR (all fields filled, 5
 //! variables) and a heavy one (80-byte fields, 100 variables). Baselines in the same run:
 //! the same fields as a plain struct through `serde_json::to_vec` into a new Vec, and our
-//! `record::encode` alone. Prints median and p99 in nanoseconds.
+//! `record::encode` alone. Prints median and p99 in nanoseconds. With the default
+//! `spool_sync`, also the callback's CPU time when it runs once every 5 ms, as on a PBX
+//! (cold caches: growing the spool's file costs most there), beside the CPU time of an
+//! empty call measured the same way.
 //!
 //! `cargo bench --bench callback` (or `make bench`). The spool lives in a folder of the
 //! system's temp dir (pass another with CDR_KAFKA_BENCH_DIR to measure that disk); the
@@ -119,6 +122,31 @@ fn measure(samples: usize, mut call: impl FnMut()) -> (u128, u128) {
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
+/// This thread's CPU time (what Asterisk's CDR thread is charged).
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// CPU time of `samples` calls of `call`, each after `pause` asleep, as the CDR thread of
+/// a PBX runs them (a call every few ms, into cold caches): (median, p99) in ns.
+fn measure_paced(samples: usize, pause: Duration, mut call: impl FnMut()) -> (u128, u128) {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        std::thread::sleep(pause);
+        let started = thread_cpu();
+        call();
+        times.push(thread_cpu().saturating_sub(started));
+    }
+    times.sort_unstable();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
 fn main() {
     let count = common::env_number("CDR_KAFKA_BENCH_COUNT", 20_000, 2_000) as usize;
     let base = std::env::var_os("CDR_KAFKA_BENCH_DIR")
@@ -165,6 +193,15 @@ fn main() {
             let samples = if sync == "always" { count / 10 } else { count };
             let (median, p99) = measure(samples, || module.publish(cdr).expect("spooled"));
             println!("| {kind} | the callback, spool_sync = {sync} | {median} | {p99} |");
+            if sync == "interval" {
+                let pause = Duration::from_millis(5);
+                let paced = (count / 20).max(200);
+                let (median, p99) = measure_paced(paced, pause, || {});
+                println!("| {kind} | baseline: nothing, CPU time after {pause:?} asleep | {median} | {p99} |");
+                let (median, p99) =
+                    measure_paced(paced, pause, || module.publish(cdr).expect("spooled"));
+                println!("| {kind} | the callback, one every {pause:?} (CPU time: a paced PBX's CDR thread) | {median} | {p99} |");
+            }
             module.shutdown();
             let _ = std::fs::remove_dir_all(&dir);
         }

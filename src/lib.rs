@@ -173,13 +173,12 @@ pub unsafe extern "C" fn cdr_kafka_destination_set_enabled(
     // SAFETY: the caller passes NULL or a valid NUL-terminated string (the CLI's argv).
     let name = (!name.is_null()).then(|| unsafe { CStr::from_ptr(name) }.to_string_lossy());
     let (result, text) = guard((-1, None), || {
-        let outcome = match name {
-            Some(name) => module::set_destination_enabled(&name, enabled != 0),
-            None => Err("give the name of a destination".to_string()),
+        let Some(name) = name else {
+            return (-1, Some("give the name of a destination".to_string()));
         };
-        match outcome {
+        match module::set_destination_enabled(&name, enabled != 0) {
             Ok(text) => (0, Some(text)),
-            Err(text) => (-1, Some(text)),
+            Err(error) => (-1, Some(error.to_string())),
         }
     });
     // SAFETY: the caller passes NULL or a pointer it lets us write.

@@ -454,12 +454,39 @@ fn wait_until_unshared(mut running: Arc<Running>) -> Running {
     }
 }
 
+/// Why `cdr kafka destination enable|disable` changed nothing.
+#[derive(Debug)]
+pub enum ToggleError {
+    NotRunning,
+    NotConfigured(String),
+    /// The destination cannot be built (enable).
+    Build(BuildError),
+    /// Its feeder could not be started or stopped; what ran runs on.
+    Install(DeliveryError),
+}
+
+impl std::fmt::Display for ToggleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotRunning => write!(f, "cdr_kafka is not running"),
+            Self::NotConfigured(name) => write!(
+                f,
+                "no destination '{name}' is configured (see 'cdr kafka show destinations')"
+            ),
+            Self::Build(error) => write!(f, "{error}"),
+            Self::Install(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for ToggleError {}
+
 /// `cdr kafka destination enable|disable NAME`: stops or starts one destination's
 /// feeder without a reload. A disabled destination keeps its place in the log, so what
 /// arrives meanwhile is delivered when it is enabled again. Runs on a short-lived
 /// thread the glue starts (it starts and joins feeder threads).
-pub fn set_destination_enabled(name: &str, enabled: bool) -> Result<String, String> {
-    let running = current().ok_or("cdr_kafka is not running")?;
+pub fn set_destination_enabled(name: &str, enabled: bool) -> Result<String, ToggleError> {
+    let running = current().ok_or(ToggleError::NotRunning)?;
     set_destination_enabled_in(&running, name, enabled)
 }
 
@@ -467,14 +494,12 @@ fn set_destination_enabled_in(
     running: &Running,
     name: &str,
     enabled: bool,
-) -> Result<String, String> {
+) -> Result<String, ToggleError> {
     let known = destinations::planned(&running.settings)
         .iter()
         .any(|p| p.name == name);
     if !known {
-        return Err(format!(
-            "no destination '{name}' is configured (see 'cdr kafka show destinations')"
-        ));
+        return Err(ToggleError::NotConfigured(name.to_string()));
     }
     let mut delivery = lock(&running.delivery);
     match (enabled, delivery.is_running(name)) {
@@ -484,7 +509,7 @@ fn set_destination_enabled_in(
             let plan = plan::for_disable(&delivery, name);
             let unconfirmed = delivery
                 .install(plan.change)
-                .map_err(|error| error.to_string())?;
+                .map_err(ToggleError::Install)?;
             let waiting = delivery.waiting_for(name);
             ast_log!(Notice, "destination '{name}' disabled from the CLI");
             Ok(format!(
@@ -493,10 +518,10 @@ fn set_destination_enabled_in(
         }
         (true, false) => {
             let plan = plan::for_enable(&running.settings, &running.identity, &delivery, name)
-                .map_err(|error| error.to_string())?;
+                .map_err(ToggleError::Build)?;
             delivery
                 .install(plan.change)
-                .map_err(|error| error.to_string())?;
+                .map_err(ToggleError::Install)?;
             ast_log!(Notice, "destination '{name}' enabled from the CLI");
             Ok(format!(
                 "destination '{name}' enabled: it goes on from where it stopped"
