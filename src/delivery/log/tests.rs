@@ -851,16 +851,22 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).unwrap().len()
 }
 
+/// A log in `dir` holding records 0..5, with room made ahead of them by a pass.
+fn five_records_and_room(dir: &Path) -> Log {
+    let log = Log::open(settings(dir)).unwrap();
+    log.register("global").unwrap();
+    for n in 0..5 {
+        append(&log, n).unwrap();
+    }
+    log.maintain();
+    log
+}
+
 #[test]
 fn appends_overwrite_the_zeros_made_ahead_and_a_reopen_finds_no_torn_tail() {
     let dir = TempDir::new("room");
     {
-        let log = Log::open(settings(&dir.0)).unwrap();
-        log.register("global").unwrap();
-        for n in 0..5 {
-            append(&log, n).unwrap();
-        }
-        log.maintain();
+        let log = five_records_and_room(&dir.0);
         let path = segment_files(&dir.0).pop().unwrap();
         let made = file_len(&path);
         assert!(made > 256 * 1024, "room made ahead: {made} bytes");
@@ -881,14 +887,7 @@ fn appends_overwrite_the_zeros_made_ahead_and_a_reopen_finds_no_torn_tail() {
 #[test]
 fn a_torn_record_in_the_zeros_made_ahead_is_cut_off() {
     let dir = TempDir::new("room-torn");
-    {
-        let log = Log::open(settings(&dir.0)).unwrap();
-        log.register("global").unwrap();
-        for n in 0..5 {
-            append(&log, n).unwrap();
-        }
-        log.maintain();
-    }
+    drop(five_records_and_room(&dir.0));
     // A sixth record half written where the zeros begin.
     let path = segment_files(&dir.0).pop().unwrap();
     let mut data = fs::read(&path).unwrap();
@@ -936,4 +935,31 @@ fn an_append_that_would_reach_zeros_being_written_starts_a_new_segment() {
     let log = Log::open(settings(&dir.0)).unwrap();
     let ledger = log.register("global").unwrap();
     assert_eq!(pending_ids(&log, &ledger), ids(0..3));
+}
+
+#[test]
+fn appends_racing_the_zeros_ahead_keep_every_record_in_order() {
+    let dir = TempDir::new("room-flood");
+    {
+        let log = std::sync::Arc::new(Log::open(settings(&dir.0)).unwrap());
+        log.register("global").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let feeder = {
+            let (log, stop) = (log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    log.maintain();
+                }
+            })
+        };
+        for n in 0..100_000 {
+            append(&log, n).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        feeder.join().unwrap();
+    }
+    let log = Log::open(settings(&dir.0)).unwrap();
+    let ledger = log.register("global").unwrap();
+    assert_eq!((log.recovery.torn_tails, log.recovery.damaged), (0, 0));
+    assert_eq!(pending_ids(&log, &ledger), ids(0..100_000));
 }
