@@ -18,6 +18,9 @@ use crate::routing::fields::FieldName;
 use crate::routing::filter::Filter;
 use crate::routing::template::Template;
 use crate::routing::Route;
+use unbuilt::Unbuilt;
+
+mod unbuilt;
 
 /// The name of the Kafka destination `[global]` configures.
 pub const GLOBAL_DESTINATION: &str = "global";
@@ -159,27 +162,68 @@ pub fn build(
     stack: Option<&Arc<Stack>>,
     shared: &Arc<SharedProducer>,
 ) -> Result<(Box<dyn Destination>, Rules), BuildError> {
-    let (destination, routing, kind) = if name == GLOBAL_DESTINATION {
-        let destination: Box<dyn Destination> = Box::new(KafkaDestination::on_shared(name, shared));
-        (destination, &settings.routing, DestinationType::Kafka)
-    } else {
-        let section = settings
-            .destinations
-            .iter()
-            .find(|d| d.name == name)
-            .ok_or_else(|| BuildError::Section {
-                name: name.to_string(),
-                problem: "no such destination".into(),
-            })?;
-        (
-            open(settings, section, shared)?,
-            &section.routing,
-            section.kind,
-        )
+    let rules = rules(settings, identity, name, stack)?;
+    Ok((target(settings, name, Some(shared))?, rules))
+}
+
+/// What a load starts for one destination.
+pub struct AtLoad {
+    pub destination: Box<dyn Destination>,
+    pub rules: Rules,
+    /// Why its target could not be made yet (then `destination` is `Unbuilt`).
+    pub not_built: Option<BuildError>,
+}
+
+/// As `build`, for a load: a destination whose target cannot be made now (librdkafka
+/// refuses its producer, its file cannot be opened) still starts, as `Unbuilt`: its
+/// records wait in the spool while its feeder tries to make it again. The error comes
+/// back beside it for the log. `shared` is `None` when the `[global]` producer could
+/// not be made: each destination on it then tries to make one of its own.
+pub fn build_at_load(
+    settings: &Settings,
+    identity: &Identity,
+    name: &str,
+    stack: Option<&Arc<Stack>>,
+    shared: Option<&Arc<SharedProducer>>,
+) -> Result<AtLoad, BuildError> {
+    let rules = rules(settings, identity, name, stack)?;
+    match target(settings, name, shared) {
+        Ok(destination) => Ok(AtLoad {
+            destination,
+            rules,
+            not_built: None,
+        }),
+        Err(error @ (BuildError::Producer { .. } | BuildError::Open { .. })) => {
+            let settings = settings.clone();
+            let shared = shared.cloned();
+            let owned_name = name.to_string();
+            let make: unbuilt::Make =
+                Box::new(move || target(&settings, &owned_name, shared.as_ref()));
+            Ok(AtLoad {
+                destination: Box::new(Unbuilt::new(name, &error, make)),
+                rules,
+                not_built: Some(error),
+            })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The rules of destination `name`: its route, format, limit and place in the stack.
+fn rules(
+    settings: &Settings,
+    identity: &Identity,
+    name: &str,
+    stack: Option<&Arc<Stack>>,
+) -> Result<Rules, BuildError> {
+    let section = settings.destinations.iter().find(|d| d.name == name);
+    let (routing, kind) = match section {
+        _ if name == GLOBAL_DESTINATION => (&settings.routing, DestinationType::Kafka),
+        Some(section) => (&section.routing, section.kind),
+        None => return Err(no_such_destination(name)),
     };
     let mut rules = Rules::everything(name);
     rules.route = route(name, routing);
-    let section = settings.destinations.iter().find(|d| d.name == name);
     if let Some(topic) = section.and_then(|d| d.topic.as_deref()) {
         rules.route.topic = Template::parse(topic, &|_| false).ok();
     }
@@ -197,19 +241,42 @@ pub fn build(
                 problem,
             }
         })?;
-    Ok((destination, rules))
+    Ok(rules)
 }
 
-/// Opens a destination section's target.
-fn open(
+fn no_such_destination(name: &str) -> BuildError {
+    BuildError::Section {
+        name: name.to_string(),
+        problem: "no such destination".into(),
+    }
+}
+
+/// Makes destination `name`'s target; one on the `[global]` producer makes a producer
+/// of its own when `shared` is `None`.
+fn target(
     settings: &Settings,
-    section: &DestinationSettings,
-    shared: &Arc<SharedProducer>,
+    name: &str,
+    shared: Option<&Arc<SharedProducer>>,
 ) -> Result<Box<dyn Destination>, BuildError> {
+    let on_shared = || -> Result<Box<dyn Destination>, BuildError> {
+        let shared = match shared {
+            Some(shared) => Arc::clone(shared),
+            None => shared_producer(settings)?,
+        };
+        Ok(Box::new(KafkaDestination::on_shared(name, &shared)))
+    };
+    if name == GLOBAL_DESTINATION {
+        return on_shared();
+    }
+    let section = settings
+        .destinations
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| no_such_destination(name))?;
     match section.kind {
         DestinationType::Kafka => match &section.kafka {
             Some(own) => kafka(&section.name, own),
-            None => Ok(Box::new(KafkaDestination::on_shared(&section.name, shared))),
+            None => on_shared(),
         },
         DestinationType::Syslog => syslog(section),
         DestinationType::Http => http(section),

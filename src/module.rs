@@ -187,6 +187,12 @@ impl Running {
         let log = Arc::new(log);
         let mut delivery = Delivery::new(Arc::clone(&log));
         let plan = plan::for_load(&settings, &identity, &delivery)?;
+        for (name, error) in &plan.unbuilt {
+            ast_log!(
+                Error,
+                "destination '{name}' cannot be made now: {error}; its records wait in the spool, it is tried again every second, and 'module reload cdr_kafka.so' applies a fixed file"
+            );
+        }
         delivery.install(plan.change).map_err(LoadError::Delivery)?;
         let waiting = delivery
             .statuses()

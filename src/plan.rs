@@ -21,6 +21,9 @@ pub struct Plan {
     pub change: Change,
     /// Running destinations the plan leaves running as they are.
     pub kept: Vec<String>,
+    /// Destinations a load starts before their target could be made, and why not: their
+    /// records wait in the spool while their feeders try again.
+    pub unbuilt: Vec<(String, BuildError)>,
 }
 
 impl Plan {
@@ -44,6 +47,10 @@ impl Plan {
             if !names.is_empty() {
                 parts.push(format!("{what} {}", names.join(", ")));
             }
+        }
+        if !self.unbuilt.is_empty() {
+            let names: Vec<&str> = self.unbuilt.iter().map(|(name, _)| name.as_str()).collect();
+            parts.push(format!("not built yet {}", names.join(", ")));
         }
         if parts.is_empty() {
             "no destination".to_string()
@@ -144,13 +151,42 @@ fn stack_shape(settings: &Settings) -> Vec<Place> {
         .collect()
 }
 
-/// The plan that starts every destination `settings` enables (load).
+/// The plan that starts every destination `settings` enables (load). A destination
+/// whose target cannot be made now starts unbuilt (see `destinations::build_at_load`):
+/// the module loads and keeps its records; the file's own errors still refuse the plan.
 pub fn for_load(
     settings: &Settings,
     identity: &Identity,
     delivery: &Delivery,
 ) -> Result<Plan, BuildError> {
-    for_reload(None, settings, identity, delivery)
+    let shared = destinations::shared_producer(settings).ok();
+    let stack = destinations::stack(settings);
+    let mut change = delivery.change();
+    change.stack = stack.clone();
+    change.shared_producer = shared.clone();
+    let mut unbuilt = Vec::new();
+    for planned in destinations::planned(settings) {
+        let at_load = destinations::build_at_load(
+            settings,
+            identity,
+            &planned.name,
+            stack.as_ref(),
+            shared.as_ref(),
+        )?;
+        if let Some(error) = at_load.not_built {
+            unbuilt.push((planned.name, error));
+        }
+        change.start.push(Start {
+            destination: at_load.destination,
+            rules: at_load.rules,
+            settings: feeder_settings(settings),
+        });
+    }
+    Ok(Plan {
+        change,
+        kept: Vec::new(),
+        unbuilt,
+    })
 }
 
 /// The plan that turns what runs for `old` into what `new` says: only destinations
@@ -163,7 +199,9 @@ pub fn for_reload(
     identity: &Identity,
     delivery: &Delivery,
 ) -> Result<Plan, BuildError> {
-    let shared_kept = old.is_some_and(|old| old.kafka == new.kafka);
+    // A load that could not make the [global] producer left none: a reload makes it.
+    let shared_kept =
+        delivery.shared_producer.is_some() && old.is_some_and(|old| old.kafka == new.kafka);
     let shared = match (&delivery.shared_producer, shared_kept) {
         (Some(shared), true) => Arc::clone(shared),
         _ => destinations::shared_producer(new)?,
@@ -214,7 +252,11 @@ pub fn for_reload(
             }
         }
     }
-    Ok(Plan { change, kept })
+    Ok(Plan {
+        change,
+        kept,
+        unbuilt: Vec::new(),
+    })
 }
 
 /// The plan that starts one destination of the running configuration again (the CLI's
@@ -241,6 +283,7 @@ pub fn for_enable(
     Ok(Plan {
         change,
         kept: delivery.running_names(),
+        unbuilt: Vec::new(),
     })
 }
 
@@ -253,7 +296,11 @@ pub fn for_disable(delivery: &Delivery, name: &str) -> Plan {
         .into_iter()
         .filter(|other| other != name)
         .collect();
-    Plan { change, kept }
+    Plan {
+        change,
+        kept,
+        unbuilt: Vec::new(),
+    }
 }
 
 #[cfg(test)]

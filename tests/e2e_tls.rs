@@ -291,6 +291,78 @@ fn a_wrong_scram_password_keeps_records_in_the_spool_until_the_file_is_fixed() {
     assert_each_once(&root, &broker.brokers(), &borrowed(&client), COUNT);
 }
 
+/// A client key whose password is wrong when the module first loads: librdkafka refuses
+/// the producer, yet the module loads, keeps every record in the spool and says why, in
+/// the log and the status; the file fixed and `module reload`, each arrives once.
+#[test]
+fn a_wrong_key_password_at_the_first_load_keeps_records_in_the_spool_until_the_file_is_fixed() {
+    let _one = one_asterisk();
+    let root = Root::from_env();
+    let pki = Pki::new(&root);
+    let wrong_key_password = unique_secret("wrongkey");
+    let broker = TlsBroker::start(
+        &pki,
+        &BrokerOptions {
+            topics: &[TOPIC],
+            users: &[],
+            client_certificates: true,
+        },
+    );
+    let conf = |key_password: &str| {
+        ssl_conf(
+            &broker.brokers(),
+            &pki.inside("ca.pem"),
+            &format!(
+                "ssl_certificate_location = {}\nssl_key_location = {}\nrdkafka.ssl.key.password = {key_password}\n",
+                pki.inside("client.pem"),
+                pki.inside("client.key"),
+            ),
+        )
+    };
+    let asterisk =
+        Asterisk::start_with_modules(&root, &conf(&wrong_key_password), TZ, LOAD_AT_BOOT);
+    asterisk.flood(COUNT);
+    assert_eq!(asterisk.wait_for_counter("Spooled", COUNT, WAIT), COUNT);
+    let words = format!(
+        "ssl_key_location = {}: the private key cannot be read: a wrong key password (rdkafka.ssl.key.password)",
+        pki.inside("client.key")
+    );
+    let status = wait_for_status(&asterisk, &words);
+    assert!(
+        status.contains("Destination global  : not built ("),
+        "{status}"
+    );
+    // The module_start record too: a destination not built reads nothing yet, not even
+    // what its rules will leave out.
+    assert!(
+        status.contains(&format!("Spool depth         : {} records", COUNT + 1)),
+        "{status}"
+    );
+    assert_eq!(asterisk.counter("Delivered"), 0, "{status}");
+    let log = asterisk.log();
+    assert!(
+        log.contains(&words)
+            && log.contains("destination 'global' cannot be made now")
+            && log.contains("its records wait in the spool, it is tried again every second"),
+        "{log}"
+    );
+    let shown = asterisk.rx("cdr kafka show status")
+        + &asterisk.rx("cdr kafka show destinations")
+        + &asterisk.log();
+    assert!(
+        !shown.contains(&wrong_key_password) && !shown.contains(&pki.key_password),
+        "a key password is shown:\n{shown}"
+    );
+    fix_and_reload(&asterisk, &conf(&pki.key_password));
+    let mut client = tls_client(&pki);
+    client.extend([
+        ("ssl.certificate.location", pki.inside("client.pem")),
+        ("ssl.key.location", pki.inside("client.key")),
+        ("ssl.key.password", pki.key_password.clone()),
+    ]);
+    assert_each_once(&root, &broker.brokers(), &borrowed(&client), COUNT);
+}
+
 /// SASL over TLS with a client certificate whose key is encrypted: neither the SASL
 /// password nor the key's password shows in the status, the destinations, the log, the
 /// control records, the metrics, or the error of a reload librdkafka refuses.

@@ -215,6 +215,7 @@ pub struct Feeder {
     /// When the destination was last rebuilt.
     last_rebuild: Option<Instant>,
     broke_log: RateLimit,
+    rebuild_failed_log: RateLimit,
     /// Failures waiting for the stack's verdict (coupled stacks only).
     held: VecDeque<u64>,
     /// The cursor stopped at a record the stack has no answer for yet.
@@ -304,6 +305,7 @@ impl Feeder {
             rules,
             last_rebuild: None,
             broke_log: RateLimit::new(10),
+            rebuild_failed_log: RateLimit::new(10),
             held,
             waiting_on_stack: false,
             retrying: false,
@@ -440,11 +442,16 @@ impl Feeder {
                 self.cursor = from;
             }
             Err(error) => {
-                ast_log!(
-                    Error,
-                    "cannot rebuild destination '{}': {error}",
-                    self.destination.name()
-                );
+                // Tried once a second while it fails: one line per ten seconds at most.
+                if let Some(held) = self.rebuild_failed_log.check() {
+                    ast_log!(
+                        Error,
+                        "cannot rebuild destination '{}' (its records wait in the spool): {error}{}",
+                        self.destination.name(),
+                        suppressed_note(held)
+                    );
+                }
+                self.stats.set_last_error(error);
                 self.next_rebuild = Some(Instant::now() + REBUILD_PAUSE);
             }
         }

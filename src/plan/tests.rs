@@ -183,3 +183,57 @@ fn a_section_left_out_is_forgotten_and_a_disabled_one_comes_back_at_reload() {
     assert!(for_enable(&second, &identity, &delivery, "global").is_ok());
     delivery.shutdown();
 }
+
+#[test]
+fn a_destination_that_cannot_be_made_at_load_keeps_its_records_and_starts_when_it_can() {
+    let dir = TempDir::new("unbuilt");
+    let identity = Identity::default();
+    let mut delivery = delivery(&dir.0);
+    // A plain file where the destination's folder is to be: it cannot be opened.
+    let missing = dir.0.join("not-yet");
+    std::fs::write(&missing, b"in the way").unwrap();
+    let text = format!(
+        "[global]\nbrokers = 127.0.0.1:1\ntopic = cdr\nenabled = no\n\
+         [archive]\ntype = file\npath = {}\n",
+        missing.join("a.json").display()
+    );
+    let loaded = settings(&text);
+    // A reload of the same file is refused: the running configuration stays.
+    assert!(for_reload(Some(&loaded), &loaded, &identity, &delivery).is_err());
+    let plan = for_load(&loaded, &identity, &delivery).unwrap();
+    assert_eq!(plan.unbuilt.len(), 1);
+    let (name, error) = &plan.unbuilt[0];
+    assert_eq!(name, "archive");
+    assert!(
+        error
+            .to_string()
+            .starts_with("destination 'archive' cannot open its target"),
+        "{error}"
+    );
+    assert_eq!(plan.summary(), "started archive; not built yet archive");
+    delivery.install(plan.change).unwrap();
+    for n in 0..5 {
+        crate::delivery::log::tests::append(delivery.log(), n).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        delivery.waiting_for("archive"),
+        5,
+        "kept for the destination"
+    );
+
+    std::fs::remove_file(&missing).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while delivery.waiting_for("archive") > 0 {
+        assert!(std::time::Instant::now() < deadline, "never made");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let written = std::fs::read_to_string(missing.join("a.json")).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 5, "{written}");
+    assert!(
+        lines[0].contains("\"n\":0") && lines[4].contains("\"n\":4"),
+        "{written}"
+    );
+    delivery.shutdown();
+}
