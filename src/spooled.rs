@@ -52,3 +52,21 @@ pub struct StoredRecord<'a> {
     pub headers: Vec<(&'a str, &'a [u8])>,
     pub payload: &'a [u8],
 }
+
+#[cfg(test)]
+impl<'a> StoredRecord<'a> {
+    /// A CDR as the tests' destinations are handed it: id `id`, topic `asterisk_cdr`,
+    /// no key or headers.
+    pub fn test_cdr(seq: u64, payload: &'a [u8]) -> Self {
+        Self {
+            seq,
+            captured_ms: 0,
+            kind: RecordKind::Cdr,
+            record_id: "id",
+            topic: "asterisk_cdr",
+            key: None,
+            headers: Vec::new(),
+            payload,
+        }
+    }
+}

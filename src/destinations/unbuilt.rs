@@ -96,20 +96,6 @@ impl Destination for Unbuilt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spooled::RecordKind;
-
-    fn record(seq: u64) -> StoredRecord<'static> {
-        StoredRecord {
-            seq,
-            captured_ms: 0,
-            kind: RecordKind::Cdr,
-            record_id: "id",
-            topic: "asterisk_cdr",
-            key: None,
-            headers: Vec::new(),
-            payload: b"{}",
-        }
-    }
 
     /// Takes everything and confirms it at the next collect.
     struct Taker {
@@ -161,7 +147,7 @@ mod tests {
             }
         });
         let mut unbuilt = Unbuilt::new("later", &refused(0), make);
-        let record = record(7);
+        let record = StoredRecord::test_cdr(7, b"{}");
         assert_eq!(unbuilt.offer(&record), Offer::Full);
         let reason = unbuilt.broken().expect("broken until made");
         assert!(reason.contains("attempt 0"), "{reason}");

@@ -13,7 +13,6 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Weekday};
 use super::*;
 use crate::delivery::log::io::{Fault, FaultPlan, Op};
 use crate::delivery::log::tests::TempDir;
-use crate::delivery::log::RecordKind;
 
 /// A clock the test moves, two hours east of UTC.
 struct FakeClock(Mutex<DateTime<FixedOffset>>);
@@ -54,16 +53,7 @@ fn settings(path: &Path, rotation: Rotation, clock: &Arc<FakeClock>) -> FileSett
 }
 
 fn record(seq: u64, payload: &[u8]) -> StoredRecord<'_> {
-    StoredRecord {
-        seq,
-        captured_ms: 0,
-        kind: RecordKind::Cdr,
-        record_id: "id",
-        topic: "asterisk_cdr",
-        key: None,
-        headers: Vec::new(),
-        payload,
-    }
+    StoredRecord::test_cdr(seq, payload)
 }
 
 fn payload(seq: u64) -> String {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::delivery::feeder::FeederSettings;
 use crate::delivery::log::tests::{append, settings, TempDir};
-use crate::delivery::log::{Log, RecordKind};
+use crate::delivery::log::Log;
 use crate::delivery::Delivery;
 
 /// How the test server answers one request.
@@ -229,16 +229,7 @@ fn read_request(reader: &mut BufReader<TcpStream>, stop: &AtomicBool) -> Option<
 }
 
 fn record(seq: u64, payload: &str) -> StoredRecord<'_> {
-    StoredRecord {
-        seq,
-        captured_ms: 0,
-        kind: RecordKind::Cdr,
-        record_id: "id",
-        topic: "asterisk_cdr",
-        key: None,
-        headers: Vec::new(),
-        payload: payload.as_bytes(),
-    }
+    StoredRecord::test_cdr(seq, payload.as_bytes())
 }
 
 fn payloads(n: u64) -> Vec<String> {
