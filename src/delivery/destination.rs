@@ -55,4 +55,12 @@ pub trait Destination: Send {
 
     /// One line for the status: what it is connected to and how it is doing.
     fn describe(&self) -> String;
+
+    /// True when offer, collect, rebuild and flush only touch memory and threads of its
+    /// own (librdkafka's): such destinations share one pass thread, one wake-up per
+    /// window for all of them. One that writes or connects itself (a file, a socket)
+    /// keeps a thread of its own, so a slow disk delays nobody else.
+    fn never_waits(&self) -> bool {
+        false
+    }
 }

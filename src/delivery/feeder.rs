@@ -1,11 +1,13 @@
-//! One feeder thread per destination: it reads the log from that destination's cursor
-//! in batches, hands the records over, and writes the confirmations to the
-//! destination's ledger once per pass. It wakes once per batching window (sooner only
-//! when the log is filling up), never once per record.
+//! One feeder per destination: it reads the log from that destination's cursor in
+//! batches, hands the records over, and writes the confirmations to the destination's
+//! ledger once per pass. It wakes once per batching window (sooner only when the log
+//! is filling up), never once per record.
 //!
-//! The thread owns the destination and its ledger. Stopped, it drops the destination
-//! (librdkafka's threads end then, on this thread) and hands the ledger back, so a
-//! reload can replace the destination and keep the ledger.
+//! A feeder runs on its own thread (`run`), or beside others on the pass thread the
+//! destinations that never wait share (`passes`). Either thread owns the destination
+//! and its ledger. Stopped, the feeder drops the destination (librdkafka's threads end
+//! then, on that thread) and hands the ledger back, so a reload can replace the
+//! destination and keep the ledger.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -51,6 +53,9 @@ pub struct Stop {
     /// Milliseconds left for the flush from the moment of the request; 0: the
     /// destination's own `flush_timeout`.
     budget_ms: AtomicU64,
+    /// When the stop was asked for: feeders stopping one after another on a shared
+    /// thread all end by the same deadline.
+    requested_at: Mutex<Option<Instant>>,
 }
 
 impl Stop {
@@ -58,6 +63,10 @@ impl Stop {
     pub fn request(&self, budget: Option<Duration>) {
         let ms = budget.map_or(0, |b| (b.as_millis() as u64).max(1));
         self.budget_ms.store(ms, Ordering::Release);
+        *self
+            .requested_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
         self.requested.store(true, Ordering::Release);
     }
 
@@ -66,10 +75,16 @@ impl Stop {
     }
 
     fn flush_timeout(&self, own: Duration) -> Duration {
-        match self.budget_ms.load(Ordering::Acquire) {
+        let limit = match self.budget_ms.load(Ordering::Acquire) {
             0 => own,
             ms => own.min(Duration::from_millis(ms)),
-        }
+        };
+        let elapsed = self
+            .requested_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .map_or(Duration::ZERO, |at| at.elapsed());
+        limit.saturating_sub(elapsed)
     }
 }
 
@@ -170,7 +185,7 @@ pub struct DestinationStats {
     pub in_flight: AtomicU64,
     /// Every record below it is confirmed.
     pub watermark: AtomicU64,
-    /// The feeder thread runs.
+    /// The feeder runs.
     pub running: AtomicBool,
     /// The destination's own line, refreshed each pass.
     pub describe: Mutex<String>,
@@ -321,24 +336,51 @@ impl Feeder {
     /// destination and hands back its ledger with the number of records still unconfirmed
     /// (they stay in the log).
     pub fn run(mut self, stop: &Stop) -> (Ledger, u64) {
-        self.stats.running.store(true, Ordering::Release);
+        self.started();
         while !stop.requested() {
-            // A panic in one pass (a destination's bug) must not end delivery: it is
-            // logged by the panic hook, and the records wait in the log for the next pass.
-            let next = catch_unwind(AssertUnwindSafe(|| self.pass())).unwrap_or_else(|_| {
-                DestinationStats::add(&self.stats.panics, 1);
-                Next::Window
-            });
+            let next = self.guarded_pass();
             match next {
-                Next::Soon => self.log.wait(PRESSURE_WINDOW),
-                Next::Window => self.log.wait(self.settings.batch_window),
                 Next::Idle => self.log.wait_for_append(self.cursor, IDLE_WINDOW),
+                _ => self.log.wait(self.pause(next)),
             }
         }
-        // What came during the last window goes too: an unload or an exit follows.
-        if catch_unwind(AssertUnwindSafe(|| self.pass())).is_err() {
+        self.finish(stop)
+    }
+
+    /// Marks the feeder running (the status shows it).
+    pub fn started(&self) {
+        self.stats.running.store(true, Ordering::Release);
+    }
+
+    /// A pass that survives a panic (a destination's bug): the panic hook logged it,
+    /// and the records wait in the log for the next pass.
+    pub fn guarded_pass(&mut self) -> Next {
+        catch_unwind(AssertUnwindSafe(|| self.pass())).unwrap_or_else(|_| {
             DestinationStats::add(&self.stats.panics, 1);
+            Next::Window
+        })
+    }
+
+    /// How long to sleep before the pass `next` asks for.
+    pub fn pause(&self, next: Next) -> Duration {
+        match next {
+            Next::Soon => PRESSURE_WINDOW,
+            Next::Window => self.settings.batch_window,
+            Next::Idle => IDLE_WINDOW,
         }
+    }
+
+    /// The next sequence number this feeder reads.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The end of a stop: what came during the last window goes too (an unload or an
+    /// exit follows), a flush bounded by `stop`, the ledger written; then the
+    /// destination is dropped, on this thread. Returns the ledger and the records
+    /// left unconfirmed (they stay in the log).
+    pub fn finish(mut self, stop: &Stop) -> (Ledger, u64) {
+        self.guarded_pass();
         self.destination
             .flush(stop.flush_timeout(self.settings.flush_timeout));
         self.settle();

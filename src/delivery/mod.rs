@@ -1,11 +1,13 @@
-//! The delivery engine: a durable log every record is appended to, and one feeder
-//! thread per destination that reads the log from that destination's own cursor and
-//! confirms in that destination's own ledger. The log keeps a record until every
-//! destination has confirmed it.
+//! The delivery engine: a durable log every record is appended to, and one feeder per
+//! destination that reads the log from that destination's own cursor and confirms in
+//! that destination's own ledger. The log keeps a record until every destination has
+//! confirmed it.
 //!
-//! Threads: Asterisk's CDR and CEL threads only append to the log. Each destination's
-//! feeder thread (`cdr_kafka-NAME`, started and joined by the load/reload/unload
-//! threads the glue starts) owns that destination. Nothing here imports the
+//! Threads: Asterisk's CDR and CEL threads only append to the log. The Kafka
+//! destinations' feeders share one pass thread (`cdr_kafka-kafka`); a destination that
+//! writes or connects itself (file, syslog, HTTP) has a feeder thread of its own
+//! (`cdr_kafka-NAME`). The load/reload/unload threads the glue starts start and join
+//! them. Nothing here imports the
 //! configuration: the module hands over these types.
 
 pub mod dead_letter;
@@ -17,6 +19,7 @@ pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod log;
+mod passes;
 pub mod stack;
 pub mod stats;
 pub mod syslog;
@@ -55,15 +58,25 @@ impl std::error::Error for DeliveryError {}
 struct Running {
     name: String,
     stop: Arc<Stop>,
-    thread: JoinHandle<Option<(Ledger, u64)>>,
+    runner: Runner,
     stats: Arc<DestinationStats>,
 }
 
-/// A feeder thread started before its feeder exists: starting a thread can fail, so
+/// Where a feeder runs, and how its ledger comes back when it stops.
+enum Runner {
+    Own(JoinHandle<Option<(Ledger, u64)>>),
+    Shared(mpsc::Receiver<(Ledger, u64)>),
+}
+
+/// A feeder's place made before the feeder exists: starting a thread can fail, so
 /// `install` starts them before it stops anything.
-struct Waiting {
-    feeder: mpsc::SyncSender<Feeder>,
-    thread: JoinHandle<Option<(Ledger, u64)>>,
+enum Waiting {
+    Own {
+        feeder: mpsc::SyncSender<Feeder>,
+        thread: JoinHandle<Option<(Ledger, u64)>>,
+    },
+    /// On the pass thread, which `prepare` made sure runs.
+    Shared,
 }
 
 impl Waiting {
@@ -74,7 +87,15 @@ impl Waiting {
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || handed.recv().ok().map(|feeder| feeder.run(&stop)))?;
-        Ok(Self { feeder, thread })
+        Ok(Self::Own { feeder, thread })
+    }
+
+    /// Ends a thread that was never handed its feeder.
+    fn abandon(self) {
+        if let Self::Own { feeder, thread } = self {
+            drop(feeder);
+            let _ = thread.join();
+        }
     }
 }
 
@@ -120,6 +141,8 @@ pub struct Delivery {
     /// When this run started (Unix ms): `give_up_after_ms` counts from here for the
     /// records of an earlier run.
     started_ms: u64,
+    /// The pass thread of the destinations that never wait, while any may run.
+    passes: Option<passes::Passes>,
 }
 
 impl Delivery {
@@ -134,6 +157,7 @@ impl Delivery {
             stack: None,
             shared_producer: None,
             started_ms: log::now_ms(),
+            passes: None,
         }
     }
 
@@ -197,9 +221,8 @@ impl Delivery {
                 self.log.unregister(ledger.name());
             }
             // Each waiting thread sees its sender dropped and ends.
-            for (_, _, _, handle) in threads {
-                drop(handle.feeder);
-                let _ = handle.thread.join();
+            for (_, _, _, waiting) in threads {
+                waiting.abandon();
             }
             return Err(error);
         }
@@ -253,12 +276,33 @@ impl Delivery {
                 settings,
                 rules,
             );
-            // The thread waits in `recv` until it gets its feeder or the sender drops.
-            let _ = handle.feeder.send(feeder);
+            let runner = match handle {
+                Waiting::Own {
+                    feeder: hand,
+                    thread,
+                } => {
+                    // The thread waits in `recv` until it gets its feeder or the sender drops.
+                    let _ = hand.send(feeder);
+                    Runner::Own(thread)
+                }
+                Waiting::Shared => {
+                    let (done, ledger) = mpsc::sync_channel(1);
+                    let passes = self
+                        .passes
+                        .as_ref()
+                        .expect("prepare started the pass thread");
+                    passes.hand(passes::Member {
+                        feeder,
+                        stop: Arc::clone(&stop),
+                        done,
+                    });
+                    Runner::Shared(ledger)
+                }
+            };
             self.running.push(Running {
                 name,
                 stop,
-                thread: handle.thread,
+                runner,
                 stats,
             });
         }
@@ -287,8 +331,17 @@ impl Delivery {
                 .stats_of(&name)
                 .unwrap_or_else(|| Arc::new(DestinationStats::default()));
             let stop = Arc::new(Stop::default());
-            let waiting =
-                Waiting::spawn(&name, Arc::clone(&stop)).map_err(DeliveryError::Thread)?;
+            let waiting = if start.destination.never_waits() {
+                if self.passes.is_none() {
+                    self.passes = Some(
+                        passes::Passes::spawn(Arc::clone(&self.log))
+                            .map_err(DeliveryError::Thread)?,
+                    );
+                }
+                Waiting::Shared
+            } else {
+                Waiting::spawn(&name, Arc::clone(&stop)).map_err(DeliveryError::Thread)?
+            };
             threads.push((name, stop, stats, waiting));
         }
         Ok(())
@@ -318,15 +371,18 @@ impl Delivery {
 
     /// Waits for a stopping feeder; parks its ledger and returns what it left unconfirmed.
     fn join(&mut self, running: Running) -> u64 {
-        match running.thread.join() {
-            Ok(Some((ledger, unconfirmed))) => {
+        let stopped = match running.runner {
+            Runner::Own(thread) => thread.join().ok().flatten(),
+            Runner::Shared(ledger) => ledger.recv().ok(),
+        };
+        match stopped {
+            Some((ledger, unconfirmed)) => {
                 self.parked.push(ledger);
                 unconfirmed
             }
-            // Never handed a feeder: nothing to park.
-            Ok(None) => 0,
-            // The panic was logged by the hook; the ledger is reread at the next start.
-            Err(_) => 0,
+            // Never handed a feeder, or a panic the hook logged: nothing to park (the
+            // ledger is read again at the next start).
+            None => 0,
         }
     }
 
@@ -416,6 +472,9 @@ impl Delivery {
     pub fn shutdown_within(&mut self, budget: Option<Duration>) -> u64 {
         let names = self.running_names();
         let unconfirmed = self.stop_together(&names, budget);
+        if let Some(passes) = self.passes.take() {
+            passes.end();
+        }
         self.keep_failures_of_disabled();
         self.log.sync_now();
         unconfirmed

@@ -29,6 +29,10 @@ struct Seen {
     silent: bool,
     /// Records taken and never confirmed (silent).
     unanswered: usize,
+    /// Runs on the pass thread the destinations that never wait share.
+    shared: bool,
+    /// The thread that offered it its last record.
+    thread: Option<std::thread::ThreadId>,
 }
 
 struct MemoryDestination {
@@ -78,6 +82,7 @@ impl Destination for MemoryDestination {
         if seen.silent {
             seen.unanswered += 1;
         }
+        seen.thread = Some(std::thread::current().id());
         self.taken
             .push_back((record.seq, record.record_id.to_string()));
         Offer::Taken
@@ -118,6 +123,35 @@ impl Destination for MemoryDestination {
     fn describe(&self) -> String {
         format!("memory {}", self.name)
     }
+
+    fn never_waits(&self) -> bool {
+        self.seen.lock().unwrap().shared
+    }
+}
+
+fn memory(shared: bool) -> Arc<Mutex<Seen>> {
+    Arc::new(Mutex::new(Seen {
+        shared,
+        ..Seen::default()
+    }))
+}
+
+/// A test run twice: its destinations on feeder threads of their own, then on the
+/// shared pass thread.
+macro_rules! both_ways {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn on_own_threads() {
+                super::$name(false)
+            }
+
+            #[test]
+            fn on_the_pass_thread() {
+                super::$name(true)
+            }
+        }
+    };
 }
 
 const FAST: FeederSettings = FeederSettings {
@@ -168,12 +202,12 @@ fn append_and_wait_for_all(log: &Log, seen: &Arc<Mutex<Seen>>, range: std::ops::
     });
 }
 
-#[test]
-fn two_destinations_each_get_every_record_once_in_order() {
+both_ways!(two_destinations_each_get_every_record_once_in_order);
+fn two_destinations_each_get_every_record_once_in_order(shared: bool) {
     let dir = TempDir::new("two");
     let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
     let mut delivery = Delivery::new(Arc::clone(&log));
-    let (a, b) = (Arc::default(), Arc::default());
+    let (a, b) = (memory(shared), memory(shared));
     delivery
         .start(MemoryDestination::boxed("a", &a), FAST)
         .unwrap();
@@ -188,16 +222,22 @@ fn two_destinations_each_get_every_record_once_in_order() {
     });
     assert_eq!(delivered(&a), ids(0..2000));
     assert_eq!(delivered(&b), ids(0..2000));
+    let thread = |seen: &Arc<Mutex<Seen>>| seen.lock().unwrap().thread;
+    assert_eq!(
+        thread(&a) == thread(&b),
+        shared,
+        "destinations that never wait share one thread, the others have their own"
+    );
     wait_for("the log is empty", || log.depth().0 == 0);
     delivery.shutdown();
 }
 
-#[test]
-fn log_keeps_records_until_the_slowest_destination_confirms() {
+both_ways!(log_keeps_records_until_the_slowest_destination_confirms);
+fn log_keeps_records_until_the_slowest_destination_confirms(shared: bool) {
     let dir = TempDir::new("slow");
     let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
     let mut delivery = Delivery::new(Arc::clone(&log));
-    let (fast, slow) = (Arc::default(), Arc::<Mutex<Seen>>::default());
+    let (fast, slow) = (memory(shared), memory(shared));
     slow.lock().unwrap().full = true;
     delivery
         .start(MemoryDestination::boxed("fast", &fast), FAST)
@@ -222,12 +262,12 @@ fn log_keeps_records_until_the_slowest_destination_confirms() {
     delivery.shutdown();
 }
 
-#[test]
-fn stopped_destination_goes_on_where_it_stopped() {
+both_ways!(stopped_destination_goes_on_where_it_stopped);
+fn stopped_destination_goes_on_where_it_stopped(shared: bool) {
     let dir = TempDir::new("stop");
     let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
     let mut delivery = Delivery::new(Arc::clone(&log));
-    let (keep, paused) = (Arc::default(), Arc::default());
+    let (keep, paused) = (memory(shared), memory(shared));
     delivery
         .start(MemoryDestination::boxed("keep", &keep), FAST)
         .unwrap();
@@ -279,10 +319,12 @@ fn refused_record_is_dead_lettered_and_the_rest_flows() {
     delivery.shutdown();
 }
 
-#[test]
-fn broken_destination_is_rebuilt_and_loses_nothing() {
-    let (_dir, log, mut delivery, seen) =
-        one_destination("broken", |seen| seen.break_at = Some(40));
+both_ways!(broken_destination_is_rebuilt_and_loses_nothing);
+fn broken_destination_is_rebuilt_and_loses_nothing(shared: bool) {
+    let (_dir, log, mut delivery, seen) = one_destination("broken", |seen| {
+        seen.break_at = Some(40);
+        seen.shared = shared;
+    });
     append_and_wait_for_all(&log, &seen, 0..100);
     let statuses = delivery.statuses();
     assert!(super::feeder::DestinationStats::get(&statuses[0].stats.rebuilds) >= 1);
@@ -320,9 +362,12 @@ fn records_wait_across_a_restart_and_arrive_once() {
     delivery.shutdown();
 }
 
-#[test]
-fn a_panicking_destination_does_not_stop_delivery() {
-    let (_dir, log, mut delivery, seen) = one_destination("panic", |seen| seen.panic_at = Some(30));
+both_ways!(a_panicking_destination_does_not_stop_delivery);
+fn a_panicking_destination_does_not_stop_delivery(shared: bool) {
+    let (_dir, log, mut delivery, seen) = one_destination("panic", |seen| {
+        seen.panic_at = Some(30);
+        seen.shared = shared;
+    });
     append_and_wait_for_all(&log, &seen, 0..100);
     let statuses = delivery.statuses();
     assert_eq!(
@@ -384,7 +429,8 @@ fn append_range(log: &Log, range: std::ops::Range<u64>) {
 fn failover_destination_gets_exactly_what_the_first_gave_up() {
     let dir = TempDir::new("failover");
     let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
-    let kafka = Arc::<Mutex<Seen>>::default();
+    // As Kafka's: on the pass thread, beside a file on its own.
+    let kafka = memory(true);
     let file = Arc::<Mutex<Seen>>::default();
     kafka.lock().unwrap().full = true;
     let delivery = failover_pair(&log, &kafka, &file);
@@ -415,7 +461,8 @@ fn failover_destination_gets_exactly_what_the_first_gave_up() {
 #[test]
 fn failover_pair_after_a_restart_delivers_nothing_twice() {
     let dir = TempDir::new("failover-restart");
-    let kafka = Arc::<Mutex<Seen>>::default();
+    // As Kafka's: on the pass thread, beside a file on its own.
+    let kafka = memory(true);
     let file = Arc::<Mutex<Seen>>::default();
     {
         let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
@@ -463,7 +510,8 @@ fn record_both_destinations_fail_is_dead_lettered_once_with_both_reasons() {
         Member::new(ControlFlag::Alternative, Route::plain("kafka", cdr)),
         Member::new(ControlFlag::Sufficient, Route::plain("file", cdr)),
     ]);
-    let kafka = Arc::<Mutex<Seen>>::default();
+    // As Kafka's: on the pass thread, beside a file on its own.
+    let kafka = memory(true);
     let file = Arc::<Mutex<Seen>>::default();
     kafka.lock().unwrap().refuse = vec!["id-1".into()];
     file.lock().unwrap().refuse = vec!["id-1".into()];
@@ -491,7 +539,12 @@ fn record_both_destinations_fail_is_dead_lettered_once_with_both_reasons() {
 }
 
 /// Three destinations whose broker never answers, each holding `count` records.
-fn three_silent(tag: &str, flush_timeout: Duration, count: u64) -> (TempDir, Delivery) {
+fn three_silent(
+    tag: &str,
+    flush_timeout: Duration,
+    count: u64,
+    shared: bool,
+) -> (TempDir, Delivery) {
     let dir = TempDir::new(tag);
     let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
     let mut delivery = Delivery::new(Arc::clone(&log));
@@ -503,6 +556,7 @@ fn three_silent(tag: &str, flush_timeout: Duration, count: u64) -> (TempDir, Del
         .map(|_| {
             Arc::new(Mutex::new(Seen {
                 silent: true,
+                shared,
                 ..Seen::default()
             }))
         })
@@ -522,9 +576,9 @@ fn three_silent(tag: &str, flush_timeout: Duration, count: u64) -> (TempDir, Del
     (dir, delivery)
 }
 
-#[test]
-fn destinations_flush_side_by_side_so_a_stop_takes_one_flush_timeout_not_one_each() {
-    let (_dir, mut delivery) = three_silent("side-by-side", Duration::from_secs(1), 10);
+both_ways!(destinations_flush_side_by_side_so_a_stop_takes_one_flush_timeout_not_one_each);
+fn destinations_flush_side_by_side_so_a_stop_takes_one_flush_timeout_not_one_each(shared: bool) {
+    let (_dir, mut delivery) = three_silent("side-by-side", Duration::from_secs(1), 10, shared);
     let started = Instant::now();
     let unconfirmed = delivery.shutdown();
     let took = started.elapsed();
@@ -533,9 +587,9 @@ fn destinations_flush_side_by_side_so_a_stop_takes_one_flush_timeout_not_one_eac
     assert!(took < Duration::from_millis(2500), "the stop took {took:?}");
 }
 
-#[test]
-fn a_stop_within_a_budget_cuts_every_flush_to_what_is_left() {
-    let (_dir, mut delivery) = three_silent("budget", Duration::from_secs(5), 10);
+both_ways!(a_stop_within_a_budget_cuts_every_flush_to_what_is_left);
+fn a_stop_within_a_budget_cuts_every_flush_to_what_is_left(shared: bool) {
+    let (_dir, mut delivery) = three_silent("budget", Duration::from_secs(5), 10, shared);
     let started = Instant::now();
     let unconfirmed = delivery.shutdown_within(Some(Duration::from_millis(300)));
     let took = started.elapsed();

@@ -1,9 +1,10 @@
 //! The Kafka destination. Its producer is either its own (a destination with brokers of
 //! its own: `new`) or the `[global]` one (`on_shared`): one librdkafka producer, one
 //! set of broker connections and threads, for many destinations and topics
-//! (`shared.rs`). Each destination is driven by its own feeder thread, which also
-//! polls: delivery reports are served with non-blocking polls at each pass and sorted
-//! to the destination that sent each record, whichever feeder polled.
+//! (`shared.rs`). Each destination is driven by its own feeder, which also polls:
+//! delivery reports are served with non-blocking polls at each pass and sorted to the
+//! destination that sent each record, whichever feeder polled. Nothing here waits
+//! outside `flush`, so the Kafka feeders share one pass thread (`never_waits`).
 //!
 //! Ownership and threads: each destination holds an `Arc` of its producer, and the
 //! producer (with librdkafka's threads) ends when the last holder lets go. Destinations
@@ -287,6 +288,10 @@ impl Destination for KafkaDestination {
         } else {
             let _ = self.generation.producer.flush(timeout);
         }
+    }
+
+    fn never_waits(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {

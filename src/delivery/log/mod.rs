@@ -445,18 +445,32 @@ impl Log {
 
     /// A feeder's pause between passes: until `timeout`, or until woken (pressure, stop).
     pub fn wait(&self, timeout: Duration) {
-        let (mutex, condvar) = &self.wake;
-        let guard = lock(mutex);
-        let seen = *guard;
-        let _ = condvar.wait_timeout_while(guard, timeout, |generation| *generation == seen);
+        self.wait_since(self.wake_generation(), timeout);
     }
 
     /// An idle feeder's sleep: until a record at or after `from` is appended (the append
     /// wakes it), `timeout`, or a stop. Busy feeders never get woken by appends.
     pub fn wait_for_append(&self, from: u64, timeout: Duration) {
+        self.wait_for_append_since(self.wake_generation(), from, timeout);
+    }
+
+    /// How many wake-ups there have been: a thread that reads it before it looks at
+    /// its work and waits `since` it misses none that came in between.
+    pub fn wake_generation(&self) -> u64 {
+        *lock(&self.wake.0)
+    }
+
+    /// As `wait`; returns at once if a wake-up came after `seen` was read.
+    pub fn wait_since(&self, seen: u64, timeout: Duration) {
         let (mutex, condvar) = &self.wake;
         let guard = lock(mutex);
-        let seen = *guard;
+        let _ = condvar.wait_timeout_while(guard, timeout, |generation| *generation == seen);
+    }
+
+    /// As `wait_for_append`; returns at once if a wake-up came after `seen` was read.
+    pub fn wait_for_append_since(&self, seen: u64, from: u64, timeout: Duration) {
+        let (mutex, condvar) = &self.wake;
+        let guard = lock(mutex);
         self.idle_feeders.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.next_seq() <= from {
