@@ -244,6 +244,41 @@ fn rules(
     Ok(rules)
 }
 
+/// Checks every section as `build` would, opening, connecting and starting nothing:
+/// a section the file disables too, so enabling it later is not refused for a typo,
+/// and a mistake in the file refuses the load rather than retrying for ever.
+pub fn check_all(settings: &Settings, identity: &Identity) -> Result<(), BuildError> {
+    let sections = settings.destinations.iter();
+    for name in std::iter::once(GLOBAL_DESTINATION).chain(sections.map(|d| d.name.as_str())) {
+        check(settings, identity, name)?;
+    }
+    Ok(())
+}
+
+fn check(settings: &Settings, identity: &Identity, name: &str) -> Result<(), BuildError> {
+    use crate::delivery::syslog::SyslogDestination;
+    use crate::delivery::{file::FileDestination, http::HttpDestination};
+    rules(settings, identity, name, None)?;
+    let Some(section) = settings.destinations.iter().find(|d| d.name == name) else {
+        return Ok(());
+    };
+    let refused = |problem: String| BuildError::Section {
+        name: name.to_string(),
+        problem,
+    };
+    match section.kind {
+        // Its topic, key and producer options were checked as the file was read.
+        DestinationType::Kafka => Ok(()),
+        DestinationType::Syslog => SyslogDestination::check(&syslog_settings(section)?)
+            .map_err(|error| refused(error.to_string())),
+        DestinationType::Http => HttpDestination::check(&http_settings(section)?)
+            .map_err(|error| refused(error.to_string())),
+        DestinationType::File => FileDestination::check(&file_settings(settings, section)?)
+            .map(drop)
+            .map_err(|error| refused(error.to_string())),
+    }
+}
+
 fn no_such_destination(name: &str) -> BuildError {
     BuildError::Section {
         name: name.to_string(),
@@ -323,7 +358,17 @@ fn number(
 }
 
 fn syslog(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
-    use crate::delivery::syslog::{Facility, Level, SyslogDestination, SyslogSettings};
+    let settings = syslog_settings(section)?;
+    opened(
+        &section.name,
+        crate::delivery::syslog::SyslogDestination::new(settings),
+    )
+}
+
+fn syslog_settings(
+    section: &DestinationSettings,
+) -> Result<crate::delivery::syslog::SyslogSettings, BuildError> {
+    use crate::delivery::syslog::{Facility, Level, SyslogSettings};
     let mut settings = SyslogSettings::new(&section.name);
     if let Some(socket) = parsed(section, "socket", |text| {
         if text.starts_with('/') {
@@ -343,11 +388,28 @@ fn syslog(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildEr
     if let Some(tag) = parsed(section, "tag", |text| Ok(text.to_string()))? {
         settings.tag = tag;
     }
-    opened(&section.name, SyslogDestination::new(settings))
+    Ok(settings)
 }
 
 fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
-    use crate::delivery::http::{header_shown, HttpDestination, HttpError, HttpSettings, Method};
+    use crate::delivery::http::{HttpDestination, HttpError};
+    match HttpDestination::new(http_settings(section)?) {
+        // A file that cannot be used is the option's fault: its section and line.
+        Err(HttpError::Tls(error)) => Err(match section.option(error.option) {
+            Some(entry) => bad_option(entry, &error.why),
+            None => BuildError::Open {
+                name: section.name.clone(),
+                error: error.to_string(),
+            },
+        }),
+        result => opened(&section.name, result),
+    }
+}
+
+fn http_settings(
+    section: &DestinationSettings,
+) -> Result<crate::delivery::http::HttpSettings, BuildError> {
+    use crate::delivery::http::{header_shown, HttpSettings, Method};
     let url = section
         .option("url")
         .map(|e| e.value.trim())
@@ -376,17 +438,7 @@ fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildErro
     settings.tls.ca_file = tls_path(section, "ca_file")?;
     settings.tls.client_cert = tls_path(section, "client_cert")?;
     settings.tls.client_key = tls_path(section, "client_key")?;
-    match HttpDestination::new(settings) {
-        // A file that cannot be used is the option's fault: its section and line.
-        Err(HttpError::Tls(error)) => Err(match section.option(error.option) {
-            Some(entry) => bad_option(entry, &error.why),
-            None => BuildError::Open {
-                name: section.name.clone(),
-                error: error.to_string(),
-            },
-        }),
-        result => opened(&section.name, result),
-    }
+    Ok(settings)
 }
 
 /// The options naming a file an https destination reads when it is built.
@@ -432,8 +484,19 @@ fn file(
     settings: &Settings,
     section: &DestinationSettings,
 ) -> Result<Box<dyn Destination>, BuildError> {
+    let settings = file_settings(settings, section)?;
+    opened(
+        &section.name,
+        crate::delivery::file::FileDestination::new(settings),
+    )
+}
+
+fn file_settings(
+    settings: &Settings,
+    section: &DestinationSettings,
+) -> Result<crate::delivery::file::FileSettings, BuildError> {
     use crate::config::SyncPolicy;
-    use crate::delivery::file::{FileDestination, FileSettings, FileSync, Rotation, SystemClock};
+    use crate::delivery::file::{FileSettings, FileSync, Rotation, SystemClock};
     let path_entry = section.option("path");
     let path = parsed(section, "path", |text| {
         if text.starts_with('/') {
@@ -464,14 +527,11 @@ fn file(
         SyncPolicy::Interval => FileSync::Interval(settings.spool.sync_interval),
         SyncPolicy::Never => FileSync::Never,
     };
-    opened(
-        &section.name,
-        FileDestination::new(FileSettings {
-            name: section.name.clone(),
-            path,
-            rotation,
-            sync,
-            clock: std::sync::Arc::new(SystemClock),
-        }),
-    )
+    Ok(FileSettings {
+        name: section.name.clone(),
+        path,
+        rotation,
+        sync,
+        clock: std::sync::Arc::new(SystemClock),
+    })
 }

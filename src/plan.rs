@@ -159,6 +159,7 @@ pub fn for_load(
     identity: &Identity,
     delivery: &Delivery,
 ) -> Result<Plan, BuildError> {
+    destinations::check_all(settings, identity)?;
     let shared = destinations::shared_producer(settings).ok();
     let stack = destinations::stack(settings);
     let mut change = delivery.change();
@@ -199,6 +200,7 @@ pub fn for_reload(
     identity: &Identity,
     delivery: &Delivery,
 ) -> Result<Plan, BuildError> {
+    destinations::check_all(new, identity)?;
     // A load that could not make the [global] producer left none: a reload makes it.
     let shared_kept =
         delivery.shared_producer.is_some() && old.is_some_and(|old| old.kafka == new.kafka);

@@ -310,7 +310,7 @@ fn wrong_ca_then(fix: Fix) {
     let refused = format!(
         "reload refused, the running configuration stays: cdr_kafka.conf [billing] ca_file = '{KEYS}/missing.pem' (line 10): cannot read it: No such file or directory"
     );
-    assert!(asterisk.log().contains(&refused), "{}", asterisk.log());
+    asterisk.log_saying(&refused);
     let still = destinations(&asterisk);
     assert!(still["billing"].target.contains(&trusted), "{still:?}");
 

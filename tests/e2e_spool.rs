@@ -96,11 +96,7 @@ fn torn_tail_and_flipped_bit_are_reported_and_the_rest_is_delivered() {
         &cdr_kafka_conf(&tansu.brokers(), "calls", ""),
     );
     asterisk.load_module();
-    let log = asterisk.log();
-    assert!(
-        log.contains("1 torn tail(s) cut off, 1 damaged run(s) of bytes skipped"),
-        "{log}"
-    );
+    asterisk.log_saying("1 torn tail(s) cut off, 1 damaged run(s) of bytes skipped");
     let expected = received - 2;
     let messages = root.consume(&tansu.brokers(), "calls", expected, WAIT);
     assert_eq!(
@@ -135,24 +131,13 @@ fn unusable_spool_folder_declines_the_load_with_the_reason() {
     assert!(!asterisk
         .rx("module load cdr_kafka.so")
         .contains("Loaded cdr_kafka.so"));
-    let log = asterisk.log();
-    assert!(
-        log.contains(
-            "spool: spool folder /etc/asterisk/asterisk.conf is a symlink or not a folder"
-        ),
-        "{log}"
-    );
+    asterisk
+        .log_saying("spool: spool folder /etc/asterisk/asterisk.conf is a symlink or not a folder");
 
     let conf = cdr_kafka_conf(NO_BROKER, "calls", "spool_dir = /proc/cdr_kafka\n");
     asterisk.write_config("cdr_kafka.conf", &conf);
     asterisk.rx("module load cdr_kafka.so");
-    assert!(
-        asterisk
-            .log()
-            .contains("spool: creating spool folder /proc/cdr_kafka"),
-        "{}",
-        asterisk.log()
-    );
+    asterisk.log_saying("spool: creating spool folder /proc/cdr_kafka");
     assert!(!asterisk.rx("cdr show status").contains("kafka"));
     assert!(asterisk.rx("core show version").contains("Asterisk 22"));
 }
@@ -171,9 +156,8 @@ fn full_spool_refuses_new_records_loudly_and_keeps_asterisk_fast() {
     let refused = asterisk.counter("Spool refused");
     assert!(refused > 0, "{}", asterisk.rx("cdr kafka show status"));
     assert_eq!(asterisk.counter("Refused"), refused);
-    assert!(asterisk
-        .log()
-        .contains("a CDR is lost: the spool refused it: the spool holds spool_max_bytes = 3000"));
+    asterisk
+        .log_saying("a CDR is lost: the spool refused it: the spool holds spool_max_bytes = 3000");
     assert!(asterisk
         .rx("cdr kafka show status")
         .contains("Spool refused"));
@@ -214,11 +198,7 @@ fn second_asterisk_on_the_same_spool_folder_is_refused() {
     asterisk.rx("module load cdr_kafka.so");
     let _ = holder.kill();
     let _ = holder.wait();
-    assert!(
-        asterisk.log().contains("is in use by another cdr_kafka"),
-        "{}",
-        asterisk.log()
-    );
+    asterisk.log_saying("is in use by another cdr_kafka");
 }
 
 /// How often each `record_id` occurs on a topic.
@@ -404,13 +384,7 @@ fn upgrade_delivers_what_the_previous_spool_format_kept() {
     fs::write(spool.join("0000000001.ack"), 2u32.to_le_bytes()).unwrap();
 
     asterisk.load_module();
-    assert!(
-        asterisk
-            .log()
-            .contains("3 undelivered record(s) of the previous spool format moved into the log"),
-        "{}",
-        asterisk.log()
-    );
+    asterisk.log_saying("3 undelivered record(s) of the previous spool format moved into the log");
     assert_eq!(asterisk.wait_for_counter("Delivered", 3, WAIT), 3);
     let ids = record_ids(&root, &tansu.brokers(), "calls");
     let mut found: Vec<&String> = ids.keys().collect();

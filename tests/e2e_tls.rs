@@ -105,8 +105,7 @@ fn assert_records_wait(asterisk: &mut Asterisk<'_>, words: &str) {
         status.contains(&format!("Spool depth         : {COUNT} records")),
         "{status}"
     );
-    let log = asterisk.log();
-    assert!(log.contains(words), "the log says '{words}':\n{log}");
+    asterisk.log_saying(words);
 }
 
 /// The file fixed and `module reload`: every record is delivered.
@@ -339,7 +338,7 @@ fn a_wrong_key_password_at_the_first_load_keeps_records_in_the_spool_until_the_f
         "{status}"
     );
     assert_eq!(asterisk.counter("Delivered"), 0, "{status}");
-    let log = asterisk.log();
+    let log = asterisk.log_saying("its records wait in the spool, it is tried again every second");
     assert!(
         log.contains(&words)
             && log.contains("destination 'global' cannot be made now")
@@ -436,18 +435,8 @@ fn no_secret_shows_in_status_log_control_records_metrics_or_a_refused_reload() {
         "ssl_key_location = {}: the private key cannot be read: a wrong key password (rdkafka.ssl.key.password)",
         pki.inside("client.key")
     );
-    let deadline = Instant::now() + WAIT;
-    while !asterisk.log().contains(&refused) {
-        assert!(
-            Instant::now() < deadline,
-            "the log never said '{refused}':\n{}",
-            asterisk.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(asterisk
-        .log()
-        .contains("reload refused, the running configuration stays"));
+    asterisk.log_saying(&refused);
+    asterisk.log_saying("reload refused, the running configuration stays");
 
     let status = asterisk.rx("cdr kafka show status");
     assert!(

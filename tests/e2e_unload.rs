@@ -84,7 +84,7 @@ fn unload_during_a_call_is_refused_and_the_call_s_cdr_arrives_when_it_ends() {
     let modules = asterisk.rx("module show like cdr_kafka");
     assert!(modules.contains("cdr_kafka.so"), "still loaded: {modules}");
     assert!(asterisk.module_mapped());
-    let log = asterisk.log();
+    let log = asterisk.log_saying("cdr_kafka: unload refused: calls are still up");
     assert!(
         log.contains("Unable to unregister CDR backend kafka;")
             && log.contains("CDRs are still active"),

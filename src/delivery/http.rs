@@ -566,14 +566,7 @@ pub struct HttpDestination {
 impl HttpDestination {
     /// Checks url, headers, limits and TLS files, and starts the worker.
     pub fn new(settings: HttpSettings) -> Result<Self, HttpError> {
-        check_url(&settings.url)?;
-        check_headers(&settings.headers)?;
-        if settings.batch_max == 0 {
-            return Err(HttpError::Zero("batch_max"));
-        }
-        if settings.timeout.is_zero() {
-            return Err(HttpError::Zero("timeout_ms"));
-        }
+        Self::check(&settings)?;
         let tls = tls::connector(&settings.url, &settings.tls).map_err(HttpError::Tls)?;
         let worker = Worker::start(&settings, tls.clone()).map_err(HttpError::Thread)?;
         Ok(Self {
@@ -586,6 +579,19 @@ impl HttpDestination {
             backoff: Duration::ZERO,
             broken: None,
         })
+    }
+
+    /// What `new` refuses before it reads a file or starts a thread.
+    pub fn check(settings: &HttpSettings) -> Result<(), HttpError> {
+        check_url(&settings.url)?;
+        check_headers(&settings.headers)?;
+        if settings.batch_max == 0 {
+            return Err(HttpError::Zero("batch_max"));
+        }
+        if settings.timeout.is_zero() {
+            return Err(HttpError::Zero("timeout_ms"));
+        }
+        Ok(())
     }
 
     fn take(&mut self, report: Report, outcomes: &mut Vec<(u64, Outcome)>) {

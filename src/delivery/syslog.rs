@@ -352,10 +352,7 @@ impl SyslogDestination {
     /// Checks the settings and connects; a daemon not running yet is no error (the
     /// destination starts broken and the feeder reconnects it).
     pub fn new(settings: SyslogSettings) -> Result<Self, SyslogError> {
-        check_tag(&settings.tag)?;
-        if settings.socket.as_os_str().is_empty() {
-            return Err(SyslogError::NoSocket);
-        }
+        Self::check(&settings)?;
         let (connection, broken) = match connect(&settings.socket) {
             Ok(connection) => (Some(connection), None),
             Err(reason) => (None, Some(reason)),
@@ -368,6 +365,15 @@ impl SyslogDestination {
             line: Vec::new(),
             pid: std::process::id(),
         })
+    }
+
+    /// What `new` refuses before it connects.
+    pub fn check(settings: &SyslogSettings) -> Result<(), SyslogError> {
+        check_tag(&settings.tag)?;
+        if settings.socket.as_os_str().is_empty() {
+            return Err(SyslogError::NoSocket);
+        }
+        Ok(())
     }
 
     fn format(&mut self, record: &StoredRecord<'_>, terminator: bool) {

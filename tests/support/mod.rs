@@ -825,6 +825,24 @@ impl<'r> Asterisk<'r> {
         fs::read_to_string(self.root.path.join("var/log/asterisk/messages.log")).unwrap_or_default()
     }
 
+    /// Asterisk's log once it says `words`. Asterisk's logger thread writes messages.log
+    /// after the CLI command that caused a line has returned, so a look right after the
+    /// command can come too early; fails the test with the log after 20 s.
+    pub fn log_saying(&self, words: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if log.contains(words) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log never said '{words}':\n{log}"
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn write_config(&self, name: &str, text: &str) {
         fs::write(self.root.path.join("etc/asterisk").join(name), text).expect("write config");
     }

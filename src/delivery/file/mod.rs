@@ -184,18 +184,7 @@ impl FileDestination {
 
     /// As `new`, with the writes, cuts, syncs and renames going through `io`.
     pub(crate) fn with_io(settings: FileSettings, io: Io) -> Result<Self, FileError> {
-        let path = &settings.path;
-        let bad = |problem| FileError::BadPath {
-            path: path.clone(),
-            problem,
-        };
-        if !path.is_absolute() {
-            return Err(bad("not an absolute path"));
-        }
-        let dir = match (path.parent(), path.file_name()) {
-            (Some(dir), Some(_)) => dir.to_path_buf(),
-            _ => return Err(bad("names a folder, not a file")),
-        };
+        let dir = Self::check(&settings)?;
         let mut destination = Self {
             settings,
             io,
@@ -212,6 +201,22 @@ impl FileDestination {
         };
         destination.open_current()?;
         Ok(destination)
+    }
+
+    /// What `new` refuses before it touches the disk; the file's folder otherwise.
+    pub fn check(settings: &FileSettings) -> Result<PathBuf, FileError> {
+        let path = &settings.path;
+        let bad = |problem| FileError::BadPath {
+            path: path.clone(),
+            problem,
+        };
+        if !path.is_absolute() {
+            return Err(bad("not an absolute path"));
+        }
+        match (path.parent(), path.file_name()) {
+            (Some(dir), Some(_)) => Ok(dir.to_path_buf()),
+            _ => Err(bad("names a folder, not a file")),
+        }
     }
 
     fn path(&self) -> &Path {
