@@ -270,6 +270,7 @@ struct Arrival {
     epoch: usize,
     crashes: usize,
     rebuilds: usize,
+    life: usize,
 }
 
 /// One destination's far end, shared by the instances the feeders own in turn.
@@ -283,6 +284,10 @@ struct World {
     epoch: usize,
     crashes: usize,
     rebuilds: usize,
+    /// Reloads that added a destination of this name: one added after the section was
+    /// removed is a new destination (its ledger was deleted), which takes what the log
+    /// still holds for the others, also what the removed one had.
+    life: usize,
     arrivals: Vec<Arrival>,
     /// (epoch, record) refused for good.
     refusals: BTreeSet<(usize, u64)>,
@@ -302,6 +307,7 @@ impl World {
             epoch: self.epoch,
             crashes: self.crashes,
             rebuilds: self.rebuilds,
+            life: self.life,
         });
     }
 
@@ -993,6 +999,7 @@ impl Case {
                 dest.name = (0..NAMES.len())
                     .find(|n| !used.contains(n))
                     .expect("a free name");
+                lock(&self.worlds[dest.name]).life += 1;
                 config.insert(at % (len + 1), dest);
             }
             Change::Remove(at) if len > 1 => {
@@ -1272,8 +1279,8 @@ impl Case {
     }
 
     fn check_records(&self) -> Result<(), String> {
-        for world in &self.worlds {
-            check_no_doubles(&lock(world))?;
+        for (name, world) in NAMES.iter().zip(&self.worlds) {
+            check_no_doubles(&lock(world)).map_err(|error| format!("{name}: {error}"))?;
         }
         for record in &self.records {
             let id = format!("id-{}", record.n);
@@ -1490,7 +1497,9 @@ fn check_no_doubles(world: &World) -> Result<(), String> {
     for arrival in &world.arrivals {
         if let Some(before) = last.insert(arrival.n, arrival) {
             ensure!(
-                before.crashes != arrival.crashes || before.rebuilds != arrival.rebuilds,
+                before.crashes != arrival.crashes
+                    || before.rebuilds != arrival.rebuilds
+                    || before.life != arrival.life,
                 "id-{} arrived twice with no crash or rebuild between ({before:?}, {arrival:?})",
                 arrival.n
             );
