@@ -337,14 +337,31 @@ impl Feeder {
     /// (they stay in the log).
     pub fn run(mut self, stop: &Stop) -> (Ledger, u64) {
         self.started();
+        let (mut next, mut due, mut hurried) = (Next::Soon, Instant::now(), self.log.hurried());
         while !stop.requested() {
-            let next = self.guarded_pass();
+            let seen = self.log.wake_generation();
+            let hurry = self.log.hurried();
+            if self.passes_now(next, due, hurry != hurried) {
+                hurried = hurry;
+                next = self.guarded_pass();
+                due = Instant::now() + self.pause(next);
+            }
+            let timeout = due.saturating_duration_since(Instant::now());
             match next {
-                Next::Idle => self.log.wait_for_append(self.cursor, IDLE_WINDOW),
-                _ => self.log.wait(self.pause(next)),
+                Next::Idle => self.log.wait_for_append_since(seen, self.cursor, timeout),
+                _ => self.log.wait_since(seen, timeout),
             }
         }
         self.finish(stop)
+    }
+
+    /// Whether a feeder whose last pass asked for `next`, due at `due`, passes now: at
+    /// its time, idle once a record came past its cursor, or `hurried` (a stop, pressure).
+    /// Another feeder's wake-up by an append does not shorten its window.
+    pub fn passes_now(&self, next: Next, due: Instant, hurried: bool) -> bool {
+        hurried
+            || due <= Instant::now()
+            || (next == Next::Idle && self.log.next_seq() > self.cursor)
     }
 
     /// Marks the feeder running (the status shows it).

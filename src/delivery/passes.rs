@@ -71,16 +71,21 @@ impl Passes {
 
 fn run(log: &Log, members: &Receiver<Member>) {
     let mut slots: Vec<Slot> = Vec::new();
+    let mut hurried = log.hurried();
     loop {
         let seen = log.wake_generation();
+        let hurry = log.hurried();
+        let hurried_now = std::mem::replace(&mut hurried, hurry) != hurry;
         if !take_new(members, &mut slots) {
             return;
         }
         finish_stopped(&mut slots);
-        let now = Instant::now();
         for slot in &mut slots {
-            let appended = slot.next == Next::Idle && log.next_seq() > slot.member.feeder.cursor();
-            if slot.due <= now || appended {
+            if slot
+                .member
+                .feeder
+                .passes_now(slot.next, slot.due, hurried_now)
+            {
                 slot.next = slot.member.feeder.guarded_pass();
                 slot.due = Instant::now() + slot.member.feeder.pause(slot.next);
             }

@@ -33,6 +33,8 @@ struct Seen {
     shared: bool,
     /// The thread that offered it its last record.
     thread: Option<std::thread::ThreadId>,
+    /// Its feeder's passes (one collect each).
+    passes: usize,
 }
 
 struct MemoryDestination {
@@ -89,6 +91,7 @@ impl Destination for MemoryDestination {
     }
 
     fn collect(&mut self, outcomes: &mut Vec<(u64, Outcome)>) {
+        self.seen.lock().unwrap().passes += 1;
         if self.broken || self.seen.lock().unwrap().silent {
             return;
         }
@@ -625,5 +628,54 @@ fn an_install_that_cannot_complete_leaves_everything_running_as_it_was() {
     append_and_wait_for_all(&log, &first, 10..20);
     assert!(delivered(&replacement).is_empty() && delivered(&added).is_empty());
     assert_eq!(delivered(&first), ids(0..20));
+    delivery.shutdown();
+}
+
+both_ways!(a_feeder_waiting_out_its_window_is_not_woken_by_each_append);
+/// An idle feeder is woken by each append; one whose records are in flight passes once per
+/// window however many records come meanwhile.
+fn a_feeder_waiting_out_its_window_is_not_woken_by_each_append(shared: bool) {
+    use crate::routing::{RecordKinds, Route};
+    let dir = TempDir::new("window");
+    let log = Arc::new(Log::open(settings(&dir.0)).unwrap());
+    let mut delivery = Delivery::new(Arc::clone(&log));
+    let (busy, idle) = (memory(shared), memory(shared));
+    busy.lock().unwrap().silent = true;
+    let window = FeederSettings {
+        batch_window: Duration::from_millis(400),
+        flush_timeout: Duration::from_millis(100),
+    };
+    delivery
+        .start(MemoryDestination::boxed("busy", &busy), window)
+        .unwrap();
+    // Takes no CDR: it is idle between appends.
+    let mut rules = Rules::everything("idle");
+    let cel_only = RecordKinds {
+        cdr: false,
+        cel: true,
+        control: false,
+    };
+    rules.route = Route::plain("idle", cel_only);
+    delivery
+        .start_with_rules(MemoryDestination::boxed("idle", &idle), FAST, rules)
+        .unwrap();
+    append(&log, 0).unwrap();
+    wait_for("the first record is in flight", || {
+        busy.lock().unwrap().unanswered == 1
+    });
+    let before = busy.lock().unwrap().passes;
+    let began = Instant::now();
+    for n in 1..=60 {
+        append(&log, n).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let windows = began.elapsed().as_millis() as usize / 400 + 2;
+    let passes = busy.lock().unwrap().passes - before;
+    assert!(
+        passes <= windows,
+        "{passes} passes in {} windows of 60 appends",
+        windows - 2
+    );
+    assert!(idle.lock().unwrap().passes > 0);
     delivery.shutdown();
 }

@@ -252,6 +252,8 @@ pub struct Log {
     state: Mutex<State>,
     /// Feeders wait here between passes; an append wakes them only under pressure.
     wake: (Mutex<u64>, Condvar),
+    /// Wake-ups that have every feeder pass at once (`wake_feeders`).
+    hurried: AtomicU64,
     pressure_signalled: AtomicBool,
     /// An append failed for lack of space: confirmations are synced at once, so that
     /// delivered segments can be given back without waiting for the sync interval.
@@ -311,6 +313,7 @@ impl Log {
             writer: Mutex::new(Writer::new(recovered.next_seq)),
             state: Mutex::new(state),
             wake: (Mutex::new(0), Condvar::new()),
+            hurried: AtomicU64::new(0),
             pressure_signalled: AtomicBool::new(false),
             short_of_space: AtomicBool::new(false),
             idle_feeders: AtomicUsize::new(0),
@@ -443,31 +446,23 @@ impl Log {
         self.pressure_signalled.load(Ordering::Acquire)
     }
 
-    /// A feeder's pause between passes: until `timeout`, or until woken (pressure, stop).
-    pub fn wait(&self, timeout: Duration) {
-        self.wait_since(self.wake_generation(), timeout);
-    }
-
-    /// An idle feeder's sleep: until a record at or after `from` is appended (the append
-    /// wakes it), `timeout`, or a stop. Busy feeders never get woken by appends.
-    pub fn wait_for_append(&self, from: u64, timeout: Duration) {
-        self.wait_for_append_since(self.wake_generation(), from, timeout);
-    }
-
     /// How many wake-ups there have been: a thread that reads it before it looks at
     /// its work and waits `since` it misses none that came in between.
     pub fn wake_generation(&self) -> u64 {
         *lock(&self.wake.0)
     }
 
-    /// As `wait`; returns at once if a wake-up came after `seen` was read.
+    /// A feeder's pause between passes: until `timeout`, or until woken (an append, a
+    /// stop, pressure); returns at once if a wake-up came after `seen` was read.
     pub fn wait_since(&self, seen: u64, timeout: Duration) {
         let (mutex, condvar) = &self.wake;
         let guard = lock(mutex);
         let _ = condvar.wait_timeout_while(guard, timeout, |generation| *generation == seen);
     }
 
-    /// As `wait_for_append`; returns at once if a wake-up came after `seen` was read.
+    /// An idle feeder's sleep: until a record at or after `from` is appended (the append
+    /// wakes it), `timeout`, or a stop; returns at once if a wake-up came after `seen`
+    /// was read. Only an idle feeder makes an append wake the feeders.
     pub fn wait_for_append_since(&self, seen: u64, from: u64, timeout: Duration) {
         let (mutex, condvar) = &self.wake;
         let guard = lock(mutex);
@@ -479,10 +474,23 @@ impl Log {
         self.idle_feeders.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Wakes every feeder and has each pass at once: a stop, pressure, the stop record.
     pub fn wake_feeders(&self) {
+        self.hurried.fetch_add(1, Ordering::SeqCst);
+        self.wake_idle_feeders();
+    }
+
+    /// Wakes the feeders for an append: only an idle one passes before its time.
+    fn wake_idle_feeders(&self) {
         let (mutex, condvar) = &self.wake;
         *lock(mutex) += 1;
         condvar.notify_all();
+    }
+
+    /// How many times `wake_feeders` hurried the feeders: a feeder that saw it change
+    /// since its last pass passes now.
+    pub fn hurried(&self) -> u64 {
+        self.hurried.load(Ordering::SeqCst)
     }
 
     /// The feeders' housekeeping: deletes segments every destination confirmed, gives

@@ -184,11 +184,11 @@ impl Log {
         if !self.unsynced_appends.load(Ordering::Relaxed) {
             self.unsynced_appends.store(true, Ordering::Release);
         }
-        // Pairs with the fence in `wait_for_append`: either the feeder sees this record
+        // Pairs with the fence in `wait_for_append_since`: either the feeder sees this record
         // before it sleeps, or this sees the sleeping feeder and wakes it.
         fence(Ordering::SeqCst);
         if self.idle_feeders.load(Ordering::Relaxed) > 0 {
-            self.wake_feeders();
+            self.wake_idle_feeders();
         }
         if pressure && !self.pressure_signalled.swap(true, Ordering::AcqRel) {
             self.wake_feeders();
