@@ -16,6 +16,7 @@ mod error;
 mod options;
 mod producer;
 mod settings;
+mod targets;
 
 pub use destinations::{
     known_field, DestinationSettings, DestinationType, Output, OutputFormat, Routing,
@@ -25,6 +26,7 @@ pub use error::ConfigError;
 pub use options::*;
 use producer::{build_producer, is_producer_option, limit_message_timeouts};
 pub use settings::*;
+pub use targets::Target;
 
 pub const CONFIG_FILE: &str = "cdr_kafka.conf";
 /// res_kafka's file, read for `connection = NAME`.

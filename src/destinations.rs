@@ -3,17 +3,21 @@
 //! the control flags. Runs on the load/reload/CLI threads the glue starts, never on a
 //! CDR thread (a destination's producer starts librdkafka's threads).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::asterisk::host::Identity;
 use crate::config::{
     known_field, ConfigError, DestinationSettings, DestinationType, Entry, KafkaSettings, Routing,
-    Settings, CONFIG_FILE,
+    Settings, SyncPolicy, Target, CONFIG_FILE,
 };
 use crate::delivery::destination::Destination;
 use crate::delivery::feeder::{FeederSettings, Rules};
+use crate::delivery::file::{FileDestination, FileSettings, FileSync, Rotation, SystemClock};
+use crate::delivery::http::{HttpDestination, HttpError, HttpSettings};
 use crate::delivery::kafka::{KafkaDestination, ProducerError, ProducerSettings, SharedProducer};
 use crate::delivery::stack::{Member, Stack};
+use crate::delivery::syslog::{SyslogDestination, SyslogSettings};
 use crate::routing::fields::FieldName;
 use crate::routing::filter::Filter;
 use crate::routing::template::Template;
@@ -244,9 +248,9 @@ fn rules(
     Ok(rules)
 }
 
-/// Checks every section as `build` would, opening, connecting and starting nothing:
-/// a section the file disables too, so enabling it later is not refused for a typo,
-/// and a mistake in the file refuses the load rather than retrying for ever.
+/// Checks every section's rules (its format and fields with this host's identity), a
+/// section the file disables too, opening, connecting and starting nothing. Its own
+/// options were parsed and checked as the file was read (`config::Target`).
 pub fn check_all(settings: &Settings, identity: &Identity) -> Result<(), BuildError> {
     let sections = settings.destinations.iter();
     for name in std::iter::once(GLOBAL_DESTINATION).chain(sections.map(|d| d.name.as_str())) {
@@ -256,27 +260,7 @@ pub fn check_all(settings: &Settings, identity: &Identity) -> Result<(), BuildEr
 }
 
 fn check(settings: &Settings, identity: &Identity, name: &str) -> Result<(), BuildError> {
-    use crate::delivery::syslog::SyslogDestination;
-    use crate::delivery::{file::FileDestination, http::HttpDestination};
-    rules(settings, identity, name, None)?;
-    let Some(section) = settings.destinations.iter().find(|d| d.name == name) else {
-        return Ok(());
-    };
-    let refused = |problem: String| BuildError::Section {
-        name: name.to_string(),
-        problem,
-    };
-    match section.kind {
-        // Its topic, key and producer options were checked as the file was read.
-        DestinationType::Kafka => Ok(()),
-        DestinationType::Syslog => SyslogDestination::check(&syslog_settings(section)?)
-            .map_err(|error| refused(error.to_string())),
-        DestinationType::Http => HttpDestination::check(&http_settings(section)?)
-            .map_err(|error| refused(error.to_string())),
-        DestinationType::File => FileDestination::check(&file_settings(settings, section)?)
-            .map(drop)
-            .map_err(|error| refused(error.to_string())),
-    }
+    rules(settings, identity, name, None).map(drop)
 }
 
 fn no_such_destination(name: &str) -> BuildError {
@@ -308,21 +292,24 @@ fn target(
         .iter()
         .find(|d| d.name == name)
         .ok_or_else(|| no_such_destination(name))?;
-    match section.kind {
-        DestinationType::Kafka => match &section.kafka {
+    match &section.target {
+        Target::Kafka => match &section.kafka {
             Some(own) => kafka(&section.name, own),
             None => on_shared(),
         },
-        DestinationType::Syslog => syslog(section),
-        DestinationType::Http => http(section),
-        DestinationType::File => file(settings, section),
+        Target::Syslog(syslog_settings) => syslog(section, syslog_settings),
+        Target::Http(http_settings) => http(section, http_settings),
+        Target::File { path, rotation } => file(settings, &section.name, path, *rotation),
     }
 }
+
+/// A destination made, or why its target could not be.
+type Made = Result<Box<dyn Destination>, BuildError>;
 
 fn opened<D: Destination + 'static, E: std::fmt::Display>(
     name: &str,
     result: Result<D, E>,
-) -> Result<Box<dyn Destination>, BuildError> {
+) -> Made {
     result
         .map(|destination| Box::new(destination) as Box<dyn Destination>)
         .map_err(|error| BuildError::Open {
@@ -331,69 +318,12 @@ fn opened<D: Destination + 'static, E: std::fmt::Display>(
         })
 }
 
-/// A type option's value through its parser; the parser's words in the error.
-fn parsed<T>(
-    section: &DestinationSettings,
-    name: &str,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Option<T>, BuildError> {
-    section
-        .option(name)
-        .map(|entry| parse(entry.value.trim()).map_err(|expected| bad_option(entry, &expected)))
-        .transpose()
+fn syslog(section: &DestinationSettings, settings: &SyslogSettings) -> Made {
+    opened(&section.name, SyslogDestination::new(settings.clone()))
 }
 
-fn number(
-    section: &DestinationSettings,
-    name: &str,
-    min: u64,
-    max: u64,
-) -> Result<Option<u64>, BuildError> {
-    parsed(section, name, |text| {
-        text.parse::<u64>()
-            .ok()
-            .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| format!("not a whole number from {min} to {max}"))
-    })
-}
-
-fn syslog(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
-    let settings = syslog_settings(section)?;
-    opened(
-        &section.name,
-        crate::delivery::syslog::SyslogDestination::new(settings),
-    )
-}
-
-fn syslog_settings(
-    section: &DestinationSettings,
-) -> Result<crate::delivery::syslog::SyslogSettings, BuildError> {
-    use crate::delivery::syslog::{Facility, Level, SyslogSettings};
-    let mut settings = SyslogSettings::new(&section.name);
-    if let Some(socket) = parsed(section, "socket", |text| {
-        if text.starts_with('/') {
-            Ok(std::path::PathBuf::from(text))
-        } else {
-            Err("not an absolute path".to_string())
-        }
-    })? {
-        settings.socket = socket;
-    }
-    if let Some(facility) = parsed(section, "facility", Facility::parse)? {
-        settings.facility = facility;
-    }
-    if let Some(level) = parsed(section, "level", Level::parse)? {
-        settings.level = level;
-    }
-    if let Some(tag) = parsed(section, "tag", |text| Ok(text.to_string()))? {
-        settings.tag = tag;
-    }
-    Ok(settings)
-}
-
-fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildError> {
-    use crate::delivery::http::{HttpDestination, HttpError};
-    match HttpDestination::new(http_settings(section)?) {
+fn http(section: &DestinationSettings, settings: &HttpSettings) -> Made {
+    match HttpDestination::new(settings.clone()) {
         // A file that cannot be used is the option's fault: its section and line.
         Err(HttpError::Tls(error)) => Err(match section.option(error.option) {
             Some(entry) => bad_option(entry, &error.why),
@@ -406,66 +336,10 @@ fn http(section: &DestinationSettings) -> Result<Box<dyn Destination>, BuildErro
     }
 }
 
-fn http_settings(
-    section: &DestinationSettings,
-) -> Result<crate::delivery::http::HttpSettings, BuildError> {
-    use crate::delivery::http::{header_shown, HttpSettings, Method};
-    let url = section
-        .option("url")
-        .map(|e| e.value.trim())
-        .unwrap_or_default();
-    let mut settings = HttpSettings::new(&section.name, url);
-    if let Some(method) = parsed(section, "method", Method::parse)? {
-        settings.method = method;
-    }
-    for entry in section.options.iter().filter(|e| e.name == "header") {
-        let (name, value) = entry.value.split_once(':').ok_or_else(|| {
-            // A header's value is often a secret: the error shows its name only.
-            let mut shown = entry.clone();
-            shown.value = format!("{} (value not shown)", header_shown(&entry.value));
-            bad_option(&shown, "not Name: value")
-        })?;
-        settings
-            .headers
-            .push((name.trim().to_string(), value.trim().to_string()));
-    }
-    if let Some(ms) = number(section, "timeout_ms", 1, 3_600_000)? {
-        settings.timeout = std::time::Duration::from_millis(ms);
-    }
-    if let Some(batch) = number(section, "batch_max", 1, 100_000)? {
-        settings.batch_max = batch as usize;
-    }
-    settings.tls.ca_file = tls_path(section, "ca_file")?;
-    settings.tls.client_cert = tls_path(section, "client_cert")?;
-    settings.tls.client_key = tls_path(section, "client_key")?;
-    Ok(settings)
-}
-
-/// The options naming a file an https destination reads when it is built.
-const TLS_FILES: [&str; 3] = ["ca_file", "client_cert", "client_key"];
-
 /// Whether a destination reads TLS files when built: a reload builds it again, so a
 /// certificate or CA renewed in place is read.
 pub fn reads_tls_files(section: &DestinationSettings) -> bool {
-    section.kind == DestinationType::Http
-        && TLS_FILES.iter().any(|name| {
-            section
-                .option(name)
-                .is_some_and(|e| !e.value.trim().is_empty())
-        })
-}
-
-/// A TLS file option: an absolute path, or empty for none.
-fn tls_path(
-    section: &DestinationSettings,
-    name: &str,
-) -> Result<Option<std::path::PathBuf>, BuildError> {
-    let path = parsed(section, name, |text| match text {
-        "" => Ok(None),
-        _ if text.starts_with('/') => Ok(Some(std::path::PathBuf::from(text))),
-        _ => Err("not an absolute path".to_string()),
-    })?;
-    Ok(path.flatten())
+    section.target.reads_tls_files()
 }
 
 /// A type option's value refused: the file's words, with section and line.
@@ -480,58 +354,18 @@ pub fn bad_option(entry: &Entry, expected: &str) -> BuildError {
     })
 }
 
-fn file(
-    settings: &Settings,
-    section: &DestinationSettings,
-) -> Result<Box<dyn Destination>, BuildError> {
-    let settings = file_settings(settings, section)?;
-    opened(
-        &section.name,
-        crate::delivery::file::FileDestination::new(settings),
-    )
-}
-
-fn file_settings(
-    settings: &Settings,
-    section: &DestinationSettings,
-) -> Result<crate::delivery::file::FileSettings, BuildError> {
-    use crate::config::SyncPolicy;
-    use crate::delivery::file::{FileSettings, FileSync, Rotation, SystemClock};
-    let path_entry = section.option("path");
-    let path = parsed(section, "path", |text| {
-        if text.starts_with('/') {
-            Ok(std::path::PathBuf::from(text))
-        } else {
-            Err("not an absolute path".to_string())
-        }
-    })?
-    .unwrap_or_default();
-    let value = |name: &str| section.option(name).map(|e| e.value.trim());
-    let rotation = Rotation::parse(
-        value("rotate").unwrap_or("never"),
-        value("rotate_time"),
-        value("rotate_day"),
-    )
-    .map_err(|error| {
-        let entry = section.option(error.option).or(path_entry);
-        match entry {
-            Some(entry) => bad_option(entry, &error.problem),
-            None => BuildError::Section {
-                name: section.name.clone(),
-                problem: error.to_string(),
-            },
-        }
-    })?;
+fn file(settings: &Settings, name: &str, path: &Path, rotation: Rotation) -> Made {
     let sync = match settings.spool.sync {
         SyncPolicy::Always => FileSync::Always,
         SyncPolicy::Interval => FileSync::Interval(settings.spool.sync_interval),
         SyncPolicy::Never => FileSync::Never,
     };
-    Ok(FileSettings {
-        name: section.name.clone(),
-        path,
+    let settings = FileSettings {
+        name: name.to_string(),
+        path: path.to_path_buf(),
         rotation,
         sync,
-        clock: std::sync::Arc::new(SystemClock),
-    })
+        clock: Arc::new(SystemClock),
+    };
+    opened(name, FileDestination::new(settings))
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::targets::{parse_target, Target};
 use super::{
     bad_value, parse_bool, parse_number, ConfigError, Entry, KafkaSettings, OptionDoc, CONFIG_FILE,
 };
@@ -151,9 +152,11 @@ pub struct DestinationSettings {
     /// Kafka: its own producer (`brokers` or `connection` in the section); `None`:
     /// the `[global]` producer.
     pub kafka: Option<KafkaSettings>,
-    /// The type's own options as written (file, syslog, http), checked by name here
-    /// and by value where the destination is built.
+    /// The type's own options as written (file, syslog, http), for the lines of
+    /// errors and for telling a changed section at reload.
     pub options: Vec<Entry>,
+    /// Those options parsed: what the destination delivers to.
+    pub target: Target,
 }
 
 impl DestinationSettings {
@@ -478,6 +481,7 @@ pub fn parse_section(
             });
         }
     }
+    let target = parse_target(name, kind, &options)?;
     Ok(DestinationSettings {
         name: name.to_string(),
         kind,
@@ -486,6 +490,7 @@ pub fn parse_section(
         key,
         kafka,
         options,
+        target,
     })
 }
 
@@ -730,5 +735,89 @@ format = envelope
             taken.sort_unstable();
             assert_eq!(own, taken, "options of type {}", kind.name());
         }
+    }
+
+    #[test]
+    fn type_options_are_parsed_as_the_file_is_read_whether_enabled_or_not() {
+        let global = "[global]\nbrokers = 127.0.0.1:1\ntopic = cdr\n";
+        let url = "url = http://127.0.0.1:1/cdr\n";
+        for enabled in ["yes", "no"] {
+            for (section, named) in [
+                (
+                    format!("[crm]\ntype = http\n{url}method = PUTT\n"),
+                    "[crm] method = 'PUTT' (line 7)",
+                ),
+                (
+                    format!("[crm]\ntype = http\n{url}timeout_ms = 0\n"),
+                    "[crm] timeout_ms = '0' (line 7)",
+                ),
+                (
+                    "[crm]\ntype = http\nurl = ftp://127.0.0.1/cdr\n".to_string(),
+                    "[crm]: ",
+                ),
+                (
+                    "[logs]\ntype = syslog\nfacility = kernel9\n".to_string(),
+                    "[logs] facility = 'kernel9' (line 6)",
+                ),
+                (
+                    "[archive]\ntype = file\npath = relative.json\n".to_string(),
+                    "[archive] path = 'relative.json' (line 6)",
+                ),
+                (
+                    "[archive]\ntype = file\npath = /var/log/a.json\nrotate = sometimes\n"
+                        .to_string(),
+                    "[archive] rotate = 'sometimes' (line 7)",
+                ),
+            ] {
+                let text = format!("{global}{section}enabled = {enabled}\n");
+                let refused = error(&text);
+                assert!(refused.contains(named), "{refused}\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_sections_own_options_become_its_target() {
+        let settings = conf(
+            "[global]\nbrokers = 127.0.0.1:1\ntopic = cdr\n\
+             [crm]\ntype = http\nurl = https://crm.example/cdr\nmethod = PUT\n\
+             timeout_ms = 2500\nheader = X-Tenant: 7\nca_file = /etc/ssl/crm.pem\n\
+             [logs]\ntype = syslog\nfacility = local3\nlevel = notice\ntag = pbx\n\
+             [archive]\ntype = file\npath = /var/log/cdr.json\nrotate = L1000\n\
+             [copy]\ntype = kafka\ntopic = copy\n",
+        )
+        .unwrap();
+        let target = |name: &str| {
+            let section = settings.destinations.iter().find(|d| d.name == name);
+            section.unwrap().target.clone()
+        };
+        let Target::Http(http) = target("crm") else {
+            panic!("crm is not http")
+        };
+        assert_eq!(http.url, "https://crm.example/cdr");
+        assert_eq!(http.method, crate::delivery::http::Method::Put);
+        assert_eq!(http.timeout, Duration::from_millis(2500));
+        assert_eq!(http.headers, [("X-Tenant".to_string(), "7".to_string())]);
+        assert!(target("crm").reads_tls_files());
+        let Target::Syslog(syslog) = target("logs") else {
+            panic!("logs is not syslog")
+        };
+        assert_eq!(
+            (syslog.facility, syslog.level, syslog.tag.as_str()),
+            (
+                crate::delivery::syslog::Facility::Local(3),
+                crate::delivery::syslog::Level::Notice,
+                "pbx"
+            )
+        );
+        assert_eq!(
+            target("archive"),
+            Target::File {
+                path: "/var/log/cdr.json".into(),
+                rotation: crate::delivery::file::Rotation::Lines(1000),
+            }
+        );
+        assert_eq!(target("copy"), Target::Kafka);
+        assert!(!target("logs").reads_tls_files());
     }
 }

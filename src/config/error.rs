@@ -48,6 +48,8 @@ pub enum ConfigError {
     },
     /// `connection = NAME` names no `type = connection` section of kafka.conf.
     UnknownConnection { name: String },
+    /// A destination section's options do not make a destination together.
+    Destination { section: String, problem: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -108,6 +110,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "{CONFIG_FILE} [global] connection = '{name}': {KAFKA_CONFIG_FILE} has no section [{name}] with type = connection"
             ),
+            Self::Destination { section, problem } => {
+                write!(f, "{CONFIG_FILE} [{section}]: {problem}")
+            }
         }
     }
 }

@@ -239,49 +239,12 @@ fn a_destination_that_cannot_be_made_at_load_keeps_its_records_and_starts_when_i
 }
 
 #[test]
-fn a_disabled_section_is_checked_as_if_it_ran_and_nothing_of_it_is_opened() {
+fn a_disabled_section_is_not_opened() {
+    // Its options were parsed and checked as the file was read (config's tests).
     let dir = TempDir::new("disabled");
     let identity = Identity::default();
     let delivery = delivery(&dir.0);
     let global = "[global]\nbrokers = 127.0.0.1:1\ntopic = cdr\n";
-    let url = "url = http://127.0.0.1:1/cdr\n";
-    for (section, named) in [
-        (
-            format!("[crm]\ntype = http\n{url}method = PUTT\nenabled = no\n"),
-            "[crm] method = 'PUTT' (line 7)",
-        ),
-        (
-            format!("[crm]\ntype = http\n{url}timeout_ms = 0\nenabled = no\n"),
-            "[crm] timeout_ms = '0' (line 7)",
-        ),
-        (
-            "[logs]\ntype = syslog\nfacility = kernel9\nenabled = no\n".to_string(),
-            "[logs] facility = 'kernel9' (line 6)",
-        ),
-        (
-            "[archive]\ntype = file\npath = relative.json\nenabled = no\n".to_string(),
-            "[archive] path = 'relative.json' (line 6)",
-        ),
-        (
-            format!(
-                "[archive]\ntype = file\npath = {}\nrotate = sometimes\nenabled = no\n",
-                dir.0.join("a.json").display()
-            ),
-            "[archive] rotate = 'sometimes' (line 7)",
-        ),
-    ] {
-        let text = format!("{global}{section}");
-        let refused = for_load(&settings(&text), &identity, &delivery);
-        let error = refused
-            .err()
-            .unwrap_or_else(|| panic!("accepted:\n{text}"))
-            .to_string();
-        assert!(error.contains(named), "{error}\n{text}");
-        let reload = for_reload(None, &settings(&text), &identity, &delivery);
-        assert!(reload.is_err(), "a reload accepted:\n{text}");
-    }
-
-    // Sound, it is accepted, and not made: its file is not created.
     let path = dir.0.join("later").join("a.json");
     let text = format!(
         "{global}[archive]\ntype = file\npath = {}\nenabled = no\n",

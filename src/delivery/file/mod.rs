@@ -184,7 +184,7 @@ impl FileDestination {
 
     /// As `new`, with the writes, cuts, syncs and renames going through `io`.
     pub(crate) fn with_io(settings: FileSettings, io: Io) -> Result<Self, FileError> {
-        let dir = Self::check(&settings)?;
+        let dir = Self::check(&settings.path)?;
         let mut destination = Self {
             settings,
             io,
@@ -204,10 +204,9 @@ impl FileDestination {
     }
 
     /// What `new` refuses before it touches the disk; the file's folder otherwise.
-    pub fn check(settings: &FileSettings) -> Result<PathBuf, FileError> {
-        let path = &settings.path;
+    pub fn check(path: &Path) -> Result<PathBuf, FileError> {
         let bad = |problem| FileError::BadPath {
-            path: path.clone(),
+            path: path.to_path_buf(),
             problem,
         };
         if !path.is_absolute() {

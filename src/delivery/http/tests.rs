@@ -803,8 +803,8 @@ fn host_name_is_looked_up_and_each_address_tried() {
 
 mod tls;
 
-/// What building destination `[crm]` with these options says, as the module would at
-/// load; empty when it is built.
+/// What reading the file and building destination `[crm]` with these options says, as
+/// the module would at load; empty when it is built.
 fn crm_build_error(options: &[(&str, &str)]) -> String {
     let lines = std::iter::once(("global", "brokers", "127.0.0.1:9092"))
         .chain(options.iter().map(|(name, value)| ("crm", *name, *value)));
@@ -820,7 +820,10 @@ fn crm_build_error(options: &[(&str, &str)]) -> String {
     let host = crate::config::HostCapabilities {
         tenant_fields: true,
     };
-    let settings = crate::config::parse(&entries, host, &mut || Ok(Vec::new())).unwrap();
+    let settings = match crate::config::parse(&entries, host, &mut || Ok(Vec::new())) {
+        Ok(settings) => settings,
+        Err(error) => return error.to_string(),
+    };
     let identity = crate::asterisk::host::Identity {
         entity_id: "00:11".into(),
         system_name: String::new(),
