@@ -6,7 +6,7 @@
 #   make deb             build cdr-kafka_<version>_<arch>.deb for the Asterisk of ASTERISK_INCLUDE_DIR
 #   make demo            broker + Asterisk 22 + the module in a throwaway Debian root; places calls, prints records
 #   make test            every test, including real Asterisk 22 and a real broker
-#   make bench           the figures: callback cost, throughput, latency, memory, Asterisk CPU per CDR
+#   make bench           the figures: callback cost, throughput, latency, memory, Asterisk CPU per CDR, librdkafka per request
 
 CARGO ?= cargo
 DESTDIR ?=
@@ -91,7 +91,7 @@ demo: sandbox
 
 # Figures, not assertions: nothing here fails on a time. Each bench prints a table;
 # CDR_KAFKA_BENCH_QUICK=1 runs them small (a few seconds each).
-BENCHES = callback throughput latency memory asterisk_cpu
+BENCHES = callback throughput latency memory asterisk_cpu broker_requests
 bench: sandbox
 	$(TEST_ENV) $(CARGO) build --release
 	@for bench in $(BENCHES); do $(TEST_ENV) $(CARGO) bench --quiet --bench $$bench || exit 1; done
