@@ -336,14 +336,8 @@ fn http(section: &DestinationSettings, settings: &HttpSettings) -> Made {
     }
 }
 
-/// Whether a destination reads TLS files when built: a reload builds it again, so a
-/// certificate or CA renewed in place is read.
-pub fn reads_tls_files(section: &DestinationSettings) -> bool {
-    section.target.reads_tls_files()
-}
-
 /// A type option's value refused: the file's words, with section and line.
-pub fn bad_option(entry: &Entry, expected: &str) -> BuildError {
+fn bad_option(entry: &Entry, expected: &str) -> BuildError {
     BuildError::Config(ConfigError::BadValue {
         file: CONFIG_FILE,
         section: entry.section.clone(),

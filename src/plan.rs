@@ -224,7 +224,7 @@ pub fn for_reload(
     for planned in destinations::planned(new) {
         let name = planned.name;
         // A TLS file renewed in place keeps its path: read again at every reload.
-        let reads_files = section(new, &name).is_some_and(destinations::reads_tls_files);
+        let reads_files = section(new, &name).is_some_and(|d| d.target.reads_tls_files());
         let unchanged = running.contains(&name)
             && !restack
             && !reads_files
